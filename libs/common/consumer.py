@@ -1,0 +1,234 @@
+"""Durable JetStream consumers with an inbox: each event's effect commits exactly once.
+
+Per message: the handler's effect and the event id (inbox primary key) commit in one
+transaction, then the message is acked. A redelivery finds the id in the inbox and is only
+acked. Failures are nak'ed with backoff; after `consumer_max_deliver` attempts the message is
+stored in the dead-letter table and terminated, so it is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, Table, Text, func, insert
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from libs.common.events import STREAMS, CloudEvent
+from libs.common.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_DUPLICATE, EVENTS_FAILED
+from libs.common.settings import CommonSettings
+
+log = structlog.get_logger()
+
+Handler = Callable[[AsyncSession, CloudEvent], Awaitable[None]]
+
+
+def inbox_table(metadata: MetaData) -> Table:
+    return Table(
+        "inbox",
+        metadata,
+        Column("event_id", UUID(as_uuid=True), primary_key=True),
+        Column("subject", Text, nullable=False),
+        Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+def dead_letter_table(metadata: MetaData) -> Table:
+    return Table(
+        "dead_letters",
+        metadata,
+        Column("id", BigInteger, primary_key=True, autoincrement=True),
+        Column("event_id", UUID(as_uuid=True)),
+        Column("tenant_id", Text),
+        Column("stream", Text, nullable=False),
+        Column("consumer", Text, nullable=False),
+        Column("subject", Text, nullable=False),
+        Column("payload", JSONB),
+        Column("raw", Text),
+        Column("error", Text, nullable=False),
+        Column("deliveries", Integer, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Index("ix_dead_letters_tenant_id_id", "tenant_id", "id"),
+    )
+
+
+@dataclass
+class Subscription:
+    """What one service consumes from one stream: handlers keyed by "<aggregate>.<event>"."""
+
+    stream: str
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+    @property
+    def filter_subjects(self) -> list[str]:
+        prefix = STREAMS[self.stream]
+        return [f"{prefix}.*.{key}" for key in sorted(self.handlers)]
+
+
+def durable_name(service: str, stream: str) -> str:
+    return f"{service}--{stream}"
+
+
+class ConsumerRunner:
+    """Runs one durable pull consumer for a service; all replicas share it."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        subscription: Subscription,
+        nc: NATS,
+        session_factory: async_sessionmaker[AsyncSession],
+        inbox: Table,
+        dead_letters: Table,
+        settings: CommonSettings,
+    ) -> None:
+        self.service = service
+        self.subscription = subscription
+        self.stream = subscription.stream
+        self.durable = durable_name(service, subscription.stream)
+        self.nc = nc
+        self.session_factory = session_factory
+        self.inbox = inbox
+        self.dead_letters = dead_letters
+        self.settings = settings
+
+    def consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.settings.consumer_ack_wait_s,
+            # The runner counts deliveries itself and dead-letters at consumer_max_deliver; the
+            # server never gives up on its own, so a message is kept even if the dead-letter
+            # write fails.
+            max_deliver=-1,
+            max_ack_pending=1000,
+            filter_subjects=self.subscription.filter_subjects,
+        )
+
+    async def ensure_consumer(self) -> None:
+        """Create the durable consumer or update it to the wanted config (idempotent)."""
+        await self.nc.jetstream().add_consumer(self.stream, self.consumer_config())
+
+    async def ack(self, msg: Msg) -> None:
+        await msg.ack()
+
+    async def handle_message(self, msg: Msg) -> None:
+        deliveries = msg.metadata.num_delivered
+        try:
+            event = CloudEvent.model_validate_json(msg.data)
+        except ValidationError as exc:
+            await self._dead_letter_and_term(msg, None, f"invalid CloudEvent envelope: {exc}", deliveries)
+            return
+        key = ".".join(msg.subject.split(".")[2:])
+        handler = self.subscription.handlers.get(key)
+        structlog.contextvars.bind_contextvars(
+            event_id=str(event.id), correlation_id=event.correlationid, tenant=event.tenant
+        )
+        heartbeat = asyncio.create_task(self._keep_in_progress(msg))
+        try:
+            async with self.session_factory() as session, session.begin():
+                first_time = await session.scalar(
+                    pg_insert(self.inbox)
+                    .values(event_id=event.id, subject=msg.subject)
+                    .on_conflict_do_nothing()
+                    .returning(self.inbox.c.event_id)
+                )
+                if first_time is not None and handler is not None:
+                    await handler(session, event)
+            heartbeat.cancel()
+            if first_time is None:
+                EVENTS_DUPLICATE.labels(self.service, self.stream).inc()
+                log.info("event_duplicate_skipped", subject=msg.subject)
+            await self.ack(msg)
+            EVENTS_CONSUMED.labels(self.service, self.stream).inc()
+        except Exception as exc:
+            heartbeat.cancel()
+            EVENTS_FAILED.labels(self.service, self.stream).inc()
+            if deliveries >= self.settings.consumer_max_deliver:
+                await self._dead_letter_and_term(msg, event, repr(exc), deliveries)
+            else:
+                backoff = self.settings.consumer_backoff_s
+                delay = backoff[min(deliveries - 1, len(backoff) - 1)]
+                log.warning("event_handler_failed", error=repr(exc), deliveries=deliveries, retry_in_s=delay)
+                await msg.nak(delay=delay)
+        finally:
+            structlog.contextvars.unbind_contextvars("event_id", "correlation_id", "tenant")
+
+    async def _keep_in_progress(self, msg: Msg) -> None:
+        """Long handlers tell the server they are alive so it does not redeliver meanwhile."""
+        interval = max(self.settings.consumer_ack_wait_s / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            await msg.in_progress()
+
+    async def _dead_letter_and_term(
+        self, msg: Msg, event: CloudEvent | None, error: str, deliveries: int
+    ) -> None:
+        try:
+            async with self.session_factory() as session, session.begin():
+                await session.execute(
+                    insert(self.dead_letters).values(
+                        event_id=event.id if event else None,
+                        tenant_id=event.tenant if event else None,
+                        stream=self.stream,
+                        consumer=self.durable,
+                        subject=msg.subject,
+                        payload=event.model_dump(mode="json") if event else None,
+                        raw=None if event else msg.data.decode("utf-8", "replace")[:65536],
+                        error=error[:4000],
+                        deliveries=deliveries,
+                    )
+                )
+        except Exception as exc:
+            # Keep the message in the stream and try again later rather than lose it.
+            log.error("dead_letter_write_failed", error=repr(exc))
+            await msg.nak(delay=self.settings.consumer_backoff_s[-1])
+            return
+        DEAD_LETTERS.labels(self.service, self.stream).inc()
+        log.error("event_dead_lettered", subject=msg.subject, error=error, deliveries=deliveries)
+        await msg.term()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and handle batches until `stop` is set; the batch in hand is always finished."""
+        subscription = None
+        while not stop.is_set():
+            try:
+                if subscription is None:
+                    await self.ensure_consumer()
+                    subscription = await self.nc.jetstream().pull_subscribe_bind(
+                        durable=self.durable, stream=self.stream
+                    )
+                    asyncio.create_task(self._report_lag(subscription, stop))
+                try:
+                    messages = await subscription.fetch(self.settings.consumer_batch_size, timeout=1.0)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                for msg in messages:
+                    await self.handle_message(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("consumer_fetch_failed", consumer=self.durable, error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+    async def _report_lag(self, subscription, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                info = await subscription.consumer_info()
+                CONSUMER_LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=15.0)

@@ -1,0 +1,130 @@
+"""RFC 9457 problem+json responses for every error a service can return."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://helpdesk.dev/problems/"
+
+log = structlog.get_logger()
+
+
+class ProblemError(Exception):
+    """Raise anywhere below an endpoint to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        type_: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.type = type_ or PROBLEM_BASE + title.lower().replace(" ", "-")
+        self.headers = headers
+        self.extra = extra
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    type_: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """Build an application/problem+json response."""
+    body: dict[str, Any] = {
+        "type": type_ or PROBLEM_BASE + title.lower().replace(" ", "-"),
+        "title": title,
+        "status": status,
+        "detail": detail or title,
+    }
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    412: "Precondition Failed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Validation Error",
+    428: "Precondition Required",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def title_for(status: int) -> str:
+    return _TITLES.get(status, "Error")
+
+
+def _jsonable_location(loc: tuple[Any, ...]) -> list[str | int]:
+    return [part if isinstance(part, int) else str(part) for part in loc]
+
+
+async def _problem_error(_: Request, exc: ProblemError) -> JSONResponse:
+    return problem_response(
+        exc.status, exc.title, exc.detail, type_=exc.type, headers=exc.headers, **exc.extra
+    )
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else title_for(exc.status_code)
+    return problem_response(
+        exc.status_code, title_for(exc.status_code), detail, headers=getattr(exc, "headers", None)
+    )
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {
+            "loc": _jsonable_location(tuple(err.get("loc", ()))),
+            "field": ".".join(str(p) for p in err.get("loc", ())[1:]) or str(err.get("loc", [""])[0]),
+            "message": err.get("msg", "invalid"),
+            "type": err.get("type", "value_error"),
+        }
+        for err in exc.errors()
+    ]
+    fields = ", ".join(sorted({e["field"] for e in errors})) or "request"
+    return problem_response(
+        422, "Validation Error", f"Invalid request: {fields}", type_=PROBLEM_BASE + "validation", errors=errors
+    )
+
+
+async def _unhandled_error(_: Request, exc: Exception) -> JSONResponse:
+    # The stack trace goes to the log, never to the client.
+    log.exception("unhandled_error", error_type=type(exc).__name__)
+    return problem_response(500, "Internal Server Error", "An unexpected error occurred.")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Every error leaves the service as problem+json; unknown errors leak no internals."""
+    app.add_exception_handler(ProblemError, _problem_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled_error)

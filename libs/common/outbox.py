@@ -1,0 +1,214 @@
+"""Transactional outbox: events are rows written in the caller's transaction, then relayed to JetStream.
+
+The relay claims pending rows in id order, publishes each with `Nats-Msg-Id` = event id, waits
+for the JetStream ack, and only then marks the rows sent. A crash anywhere re-publishes, and the
+stream's duplicate window drops the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import zlib
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import structlog
+from nats.aio.client import Client as NATS
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from libs.common.db import plain_dsn
+from libs.common.events import CloudEvent
+from libs.common.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+from libs.common.settings import CommonSettings
+
+log = structlog.get_logger()
+
+# Published rows are kept this long for inspection, then deleted by the relay.
+PUBLISHED_RETENTION = timedelta(days=3)
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The `<schema>.outbox` table; call once from the service's models module."""
+    return Table(
+        "outbox",
+        metadata,
+        Column("id", BigInteger, primary_key=True, autoincrement=True),
+        Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+        Column("subject", Text, nullable=False),
+        Column("aggregate_id", Text, nullable=False),
+        Column("payload", JSONB, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("published_at", DateTime(timezone=True)),
+        Index("ix_outbox_pending", "id", postgresql_where=text("published_at IS NULL")),
+    )
+
+
+def notify_channel(schema: str) -> str:
+    return f"{schema}_outbox"
+
+
+async def record_event(session: AsyncSession, outbox: Table, subject: str, event: CloudEvent) -> None:
+    """Add an event to the outbox in the caller's transaction (never publishes directly)."""
+    await session.execute(
+        insert(outbox).values(
+            event_id=event.id,
+            subject=subject,
+            aggregate_id=event.subject,
+            payload=event.model_dump(mode="json"),
+        )
+    )
+
+
+class OutboxRelay:
+    """Publishes pending outbox rows of one schema; safe to run in every replica."""
+
+    def __init__(
+        self, *, service: str, engine: AsyncEngine, outbox: Table, nc: NATS, settings: CommonSettings
+    ) -> None:
+        self.service = service
+        self.engine = engine
+        self.outbox = outbox
+        self.nc = nc
+        self.settings = settings
+        self.schema = outbox.schema or "public"
+        # One active relay per schema keeps per-aggregate order across replicas; the others
+        # wait on the advisory lock and take over the moment it is released.
+        self.lock_key = zlib.crc32(f"helpdesk-outbox:{self.schema}".encode())
+        self.wakeup = asyncio.Event()
+        self._last_cleanup = datetime.min.replace(tzinfo=UTC)
+
+    async def publish(self, row: Row) -> None:
+        """Publish one row and wait for the JetStream ack (raises on failure)."""
+        body = json.dumps(row.payload, separators=(",", ":"), ensure_ascii=False).encode()
+        ack = await self.nc.jetstream().publish(
+            row.subject, body, timeout=5.0, headers={"Nats-Msg-Id": str(row.event_id)}
+        )
+        if ack.duplicate:
+            log.info("outbox_duplicate_suppressed", event_id=str(row.event_id))
+
+    async def mark_published(self, conn, ids: list[int]) -> None:
+        await conn.execute(
+            update(self.outbox).where(self.outbox.c.id.in_(ids)).values(published_at=func.now())
+        )
+
+    async def relay_pending_events(self) -> int:
+        """Relay one batch; returns how many rows were published. Raises if publishing failed."""
+        failure: Exception | None = None
+        published: list[int] = []
+        async with self.engine.connect() as conn, conn.begin():
+            if not await conn.scalar(select(func.pg_try_advisory_xact_lock(self.lock_key))):
+                return 0
+            rows = (
+                await conn.execute(
+                    select(self.outbox)
+                    .where(self.outbox.c.published_at.is_(None))
+                    .order_by(self.outbox.c.id)
+                    .limit(self.settings.outbox_batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for row in rows:
+                try:
+                    await self.publish(row)
+                except Exception as exc:  # NATS down or slow: keep what was acked, retry the rest
+                    failure = exc
+                    break
+                published.append(row.id)
+            if published:
+                await self.mark_published(conn, published)
+        if published:
+            EVENTS_PUBLISHED.labels(self.service).inc(len(published))
+        if failure is not None:
+            raise failure
+        return len(published)
+
+    async def _update_backlog_and_cleanup(self) -> None:
+        async with self.engine.connect() as conn, conn.begin():
+            backlog = await conn.scalar(
+                select(func.count()).select_from(self.outbox).where(self.outbox.c.published_at.is_(None))
+            )
+            OUTBOX_BACKLOG.labels(self.service).set(backlog or 0)
+            now = datetime.now(UTC)
+            if now - self._last_cleanup > timedelta(minutes=10):
+                self._last_cleanup = now
+                await conn.execute(
+                    delete(self.outbox).where(self.outbox.c.published_at < now - PUBLISHED_RETENTION)
+                )
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """LISTEN for commits that added outbox rows; reconnects, and polling covers any gap."""
+        channel = notify_channel(self.schema)
+        while not stop.is_set():
+            conn = None
+            try:
+                conn = await asyncpg.connect(plain_dsn(self.settings.database_url))
+                await conn.add_listener(channel, lambda *_: self.wakeup.set())
+                self.wakeup.set()  # catch anything committed while we were not listening
+                while not stop.is_set() and not conn.is_closed():
+                    await asyncio.sleep(1.0)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("outbox_listen_failed", error=str(exc))
+                await asyncio.sleep(2.0)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set: on NOTIFY, on every poll interval, and straight on while busy."""
+        listener = asyncio.create_task(self._listen(stop))
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    self.wakeup.clear()  # before the batch, so a commit during it wakes us again
+                    count = await self.relay_pending_events()
+                    failures = 0
+                    await self._update_backlog_and_cleanup()
+                    if count >= self.settings.outbox_batch_size:
+                        continue  # more waiting: no sleep
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._wait_for_wakeup(stop), timeout=self.settings.outbox_poll_interval_s
+                        )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # Back off without listening: a burst of NOTIFYs must not hammer a dead broker.
+                    failures += 1
+                    delay = min(0.2 * 2**failures, 5.0)
+                    log.warning("outbox_relay_failed", error=repr(exc), retry_in_s=delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+
+    async def _wait_for_wakeup(self, stop: asyncio.Event) -> None:
+        stop_wait = asyncio.create_task(stop.wait())
+        wake_wait = asyncio.create_task(self.wakeup.wait())
+        try:
+            await asyncio.wait({stop_wait, wake_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            wake_wait.cancel()

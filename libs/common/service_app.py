@@ -1,0 +1,161 @@
+"""One way to assemble a service: FastAPI app + engine + NATS + outbox relay + consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import nats
+import structlog
+from fastapi import APIRouter, FastAPI
+from nats.aio.client import Client as NATS
+from sqlalchemy import Table
+
+from libs.common.auth import TokenVerifier
+from libs.common.consumer import ConsumerRunner, Subscription
+from libs.common.db import create_engine, create_session_factory
+from libs.common.errors import install_problem_handlers
+from libs.common.events import ensure_stream
+from libs.common.health import health_router
+from libs.common.http import RequestIdMiddleware
+from libs.common.logging import configure_logging
+from libs.common.metrics import MetricsMiddleware, metrics_router
+from libs.common.outbox import OutboxRelay
+from libs.common.settings import CommonSettings
+
+log = structlog.get_logger()
+
+
+@dataclass
+class ServiceDefinition:
+    name: str
+    settings: CommonSettings
+    routers: list[APIRouter]
+    description: str = ""
+    produces_stream: str | None = None
+    outbox: Table | None = None
+    inbox: Table | None = None
+    dead_letters: Table | None = None
+    subscriptions: list[Subscription] = field(default_factory=list)
+
+
+async def connect_nats(settings: CommonSettings, name: str) -> NATS:
+    """Connect once; afterwards the client reconnects forever on its own."""
+    return await nats.connect(
+        settings.nats_url,
+        name=f"helpdesk-{name}",
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=2,
+    )
+
+
+class Messaging:
+    """Owns the NATS side of a service: connection, streams, relay and consumers."""
+
+    def __init__(self, app: FastAPI, definition: ServiceDefinition) -> None:
+        self.app = app
+        self.definition = definition
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+        self.consumers: list[ConsumerRunner] = []
+        self.relay: OutboxRelay | None = None
+
+    async def start(self) -> None:
+        """Connect (retrying while NATS is away, so HTTP is served meanwhile), then run."""
+        definition, settings = self.definition, self.definition.settings
+        while not self.stop.is_set():
+            try:
+                nc = await connect_nats(settings, definition.name)
+                break
+            except Exception as exc:
+                log.warning("nats_connect_failed", error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=1.0)
+        else:
+            return
+        self.app.state.nats = nc
+        js = nc.jetstream()
+        streams = {s.stream for s in definition.subscriptions}
+        if definition.produces_stream:
+            streams.add(definition.produces_stream)
+        for stream in sorted(streams):
+            await ensure_stream(js, stream, settings)
+        engine = self.app.state.engine
+        if definition.outbox is not None:
+            self.relay = OutboxRelay(
+                service=definition.name, engine=engine, outbox=definition.outbox, nc=nc, settings=settings
+            )
+            self.tasks.append(asyncio.create_task(self.relay.run(self.stop), name="outbox-relay"))
+        for subscription in definition.subscriptions:
+            runner = ConsumerRunner(
+                service=definition.name,
+                subscription=subscription,
+                nc=nc,
+                session_factory=self.app.state.session_factory,
+                inbox=definition.inbox,
+                dead_letters=definition.dead_letters,
+                settings=settings,
+            )
+            self.consumers.append(runner)
+            self.tasks.append(asyncio.create_task(runner.run(self.stop), name=runner.durable))
+        log.info("messaging_started", streams=sorted(streams), consumers=[c.durable for c in self.consumers])
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Let consumers finish the batch in hand and the relay its batch, then drain NATS."""
+        self.stop.set()
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+        nc: NATS | None = getattr(self.app.state, "nats", None)
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.drain(), timeout=5.0)
+
+
+def create_service_app(definition: ServiceDefinition) -> FastAPI:
+    """Build the FastAPI app of one service with every shared piece wired in."""
+    settings = definition.settings
+    settings.service_name = definition.name
+    configure_logging(definition.name, settings.log_level, settings.log_format)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = create_engine(settings)
+        app.state.session_factory = create_session_factory(app.state.engine)
+        app.state.nats = None
+        messaging = Messaging(app, definition)
+        app.state.messaging = messaging
+        starter = asyncio.create_task(messaging.start(), name="messaging-start")
+        log.info("service_started", service=definition.name)
+        try:
+            yield
+        finally:
+            log.info("service_stopping", service=definition.name)
+            messaging.stop.set()
+            with contextlib.suppress(BaseException):
+                await starter
+            await messaging.shutdown()
+            await app.state.engine.dispose()
+            log.info("service_stopped", service=definition.name)
+
+    app = FastAPI(
+        title=f"helpdesk {definition.name}",
+        description=definition.description,
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.token_verifier = TokenVerifier(settings)
+    install_problem_handlers(app)
+    app.include_router(health_router)
+    app.include_router(metrics_router)
+    for router in definition.routers:
+        app.include_router(router)
+    app.add_middleware(MetricsMiddleware, service=definition.name)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,78 @@
+"""Settings base shared by every service: environment variables prefixed ``HELPDESK_``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Used only outside production so a laptop works without configuration; production refuses it.
+DEV_JWT_SECRET = "helpdesk-dev-only-jwt-secret-change-me-0123456789"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HELPDESK_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    env: Literal["development", "test", "production"] = "development"
+    service_name: str = "helpdesk"
+
+    # The service's own login role; `helpdesk migrate` uses the admin URL instead.
+    database_url: str = Field(
+        default="postgresql+asyncpg://postgres@127.0.0.1:55432/helpdesk",
+        validation_alias=AliasChoices("DATABASE_URL", "HELPDESK_DATABASE_URL"),
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_pool_recycle_s: int = Field(default=1800, ge=30)
+    db_pool_pre_ping: bool = True
+    db_statement_timeout_ms: int = Field(default=30_000, ge=100)
+
+    nats_url: str = Field(
+        default="nats://127.0.0.1:54222",
+        validation_alias=AliasChoices("NATS_URL", "HELPDESK_NATS_URL"),
+    )
+    nats_stream_replicas: int = Field(default=1, ge=1, le=5)
+    # JetStream file-store fsync interval, e.g. "2m" or "always"; None keeps the server default.
+    nats_sync_interval: str | None = None
+    nats_duplicate_window_s: int = Field(default=1800, ge=600)
+
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_algorithms: list[str] = ["HS256"]
+    jwt_issuer: str = "helpdesk"
+    jwt_audience: str = "helpdesk"
+    jwt_leeway_s: int = Field(default=10, ge=0, le=30)
+    jwt_max_token_bytes: int = Field(default=8192, ge=512)
+
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    outbox_poll_interval_s: float = Field(default=1.0, gt=0)
+    outbox_batch_size: int = Field(default=200, ge=1, le=5000)
+    consumer_batch_size: int = Field(default=50, ge=1, le=1000)
+    consumer_ack_wait_s: float = Field(default=30.0, gt=0)
+    consumer_max_deliver: int = Field(default=5, ge=1)
+    consumer_backoff_s: list[float] = [1.0, 5.0, 15.0, 60.0]
+
+    @model_validator(mode="after")
+    def _secrets_in_production(self) -> CommonSettings:
+        uses_secret = "HS256" in self.jwt_algorithms
+        if self.env == "production":
+            if uses_secret and (
+                self.jwt_secret is None
+                or self.jwt_secret.get_secret_value() == DEV_JWT_SECRET
+                or len(self.jwt_secret.get_secret_value()) < 32
+            ):
+                raise ValueError(
+                    "HELPDESK_JWT_SECRET must be set to a private value of at least 32 characters "
+                    "in production (the development secret is refused)"
+                )
+            if not uses_secret and not (self.jwt_public_key or self.jwt_jwks_url):
+                raise ValueError("RS256/ES256 needs HELPDESK_JWT_PUBLIC_KEY or HELPDESK_JWT_JWKS_URL")
+        elif uses_secret and self.jwt_secret is None:
+            self.jwt_secret = SecretStr(DEV_JWT_SECRET)
+        return self

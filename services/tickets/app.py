@@ -1,0 +1,25 @@
+"""Tickets service entrypoint: `uvicorn --factory services.tickets.app:create_app`."""
+
+from fastapi import FastAPI
+
+from libs.common.dead_letters import dead_letters_router
+from libs.common.service_app import ServiceDefinition, create_service_app
+from services.tickets import models
+from services.tickets.endpoints import router
+from services.tickets.events import STREAM
+from services.tickets.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    return create_service_app(
+        ServiceDefinition(
+            name="tickets",
+            description="Tickets: the ticket domain of the helpdesk.",
+            settings=settings or Settings(),
+            routers=[router, dead_letters_router("tickets", models.dead_letters)],
+            produces_stream=STREAM,
+            outbox=models.outbox,
+            inbox=models.inbox,
+            dead_letters=models.dead_letters,
+        )
+    )
