@@ -232,3 +232,32 @@ class ConsumerRunner:
                 CONSUMER_LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=15.0)
+
+
+def received_events_table(metadata: MetaData) -> Table:
+    """A journal of consumed events, for services that so far only record what they receive."""
+    return Table(
+        "received_events",
+        metadata,
+        Column("event_id", UUID(as_uuid=True), primary_key=True),
+        Column("tenant_id", Text, nullable=False),
+        Column("type", Text, nullable=False),
+        Column("aggregate_id", Text, nullable=False),
+        Column("data", JSONB, nullable=False),
+        Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Index("ix_received_events_tenant_id_received_at", "tenant_id", "received_at"),
+    )
+
+
+def journal_handler(table: Table) -> Handler:
+    """A handler that stores each event in a `received_events_table`."""
+
+    async def record_received_event(session: AsyncSession, event: CloudEvent) -> None:
+        await session.execute(
+            insert(table).values(
+                event_id=event.id, tenant_id=event.tenant, type=event.type,
+                aggregate_id=event.subject, data=event.data,
+            )
+        )
+
+    return record_received_event

@@ -28,8 +28,9 @@ class DeadLetterRead(BaseModel):
     created_at: datetime
 
 
-def dead_letters_router(service: str, table: Table) -> APIRouter:
-    router = APIRouter(prefix=f"/api/v1/{service}", tags=[service])
+def dead_letters_router(public_prefix: str, table: Table) -> APIRouter:
+    """`GET <public_prefix>/dead-letters`, e.g. /api/v1/summaries/dead-letters."""
+    router = APIRouter(prefix=public_prefix, tags=["dead letters"])
 
     @router.get("/dead-letters", response_model=Page[DeadLetterRead])
     async def list_dead_letters(

@@ -63,7 +63,7 @@ def run_env(target_metadata: MetaData) -> None:
     asyncio.run(run_async())
 
 
-def create_messaging_tables(schema: str) -> None:
+def create_messaging_tables(schema: str, *, with_outbox: bool = True) -> None:
     """Outbox (with its NOTIFY trigger), inbox and dead letters: used by initial migrations."""
     from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -72,17 +72,23 @@ def create_messaging_tables(schema: str) -> None:
     from libs.common.outbox import notify_channel, outbox_table
 
     metadata = make_metadata(schema)
-    for table in (outbox_table(metadata), inbox_table(metadata), dead_letter_table(metadata)):
+    tables = [inbox_table(metadata), dead_letter_table(metadata)]
+    if with_outbox:
+        tables.insert(0, outbox_table(metadata))
+    for table in tables:
         op.execute(CreateTable(table))
         for index in table.indexes:
             op.execute(CreateIndex(index))
+    if not with_outbox:
+        return
+    # A statement trigger wakes the relay on commit without an extra round trip per insert.
     op.execute(
-        f"""
-        CREATE FUNCTION "{schema}".notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_notify('{notify_channel(schema)}', ''); RETURN NULL; END $$;
-        CREATE TRIGGER outbox_notify AFTER INSERT ON "{schema}".outbox
-        FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".notify_outbox();
-        """
+        f"""CREATE FUNCTION "{schema}".notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('{notify_channel(schema)}', ''); RETURN NULL; END $$"""
+    )
+    op.execute(
+        f"""CREATE TRIGGER outbox_notify AFTER INSERT ON "{schema}".outbox
+        FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".notify_outbox()"""
     )
 
 

@@ -1,0 +1,1 @@
+"""Analytics publishes no events yet; it consumes tickets events (see consumers.py)."""

@@ -1,0 +1,32 @@
+"""Every query of the analytics service."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.analytics.models import daily_ticket_counts
+
+
+async def add_created_ticket(session: AsyncSession, tenant_id: str, day: date) -> None:
+    statement = pg_insert(daily_ticket_counts).values(tenant_id=tenant_id, day=day, tickets_created=1)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[daily_ticket_counts.c.tenant_id, daily_ticket_counts.c.day],
+            set_={"tickets_created": daily_ticket_counts.c.tickets_created + 1},
+        )
+    )
+
+
+async def created_counts_by_day(session: AsyncSession, tenant_id: str, first: date, last: date) -> dict[date, int]:
+    rows = await session.execute(
+        select(daily_ticket_counts.c.day, daily_ticket_counts.c.tickets_created).where(
+            daily_ticket_counts.c.tenant_id == tenant_id,
+            daily_ticket_counts.c.day >= first,
+            daily_ticket_counts.c.day <= last,
+        )
+    )
+    return {row.day: row.tickets_created for row in rows}
