@@ -119,7 +119,8 @@ def auth_headers(infra: Infra, tenant: str, roles: list[str], user_id: str = "u1
 async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan (engine, NATS, relay, consumers) and talk to it in-process."""
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        # Starlette re-raises after the 500 handler has answered; a real server only logs it.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
 

@@ -68,11 +68,12 @@ class Subscription:
 
     stream: str
     handlers: dict[str, Handler] = field(default_factory=dict)
+    tenant: str = "*"  # one tenant's events only, or every tenant's
 
     @property
     def filter_subjects(self) -> list[str]:
         prefix = STREAMS[self.stream]
-        return [f"{prefix}.*.{key}" for key in sorted(self.handlers)]
+        return [f"{prefix}.{self.tenant}.{key}" for key in sorted(self.handlers)]
 
 
 def durable_name(service: str, stream: str) -> str:

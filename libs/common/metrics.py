@@ -6,7 +6,6 @@ import time
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HTTP_LATENCY = Histogram(
@@ -37,14 +36,10 @@ CONSUMER_LAG = Gauge(
 
 
 def route_template(scope: Scope) -> str:
-    """The matched route's path template, so /tickets/{ticket_id} is one series, not one per id."""
-    app = scope.get("app")
-    router = getattr(app, "router", None)
-    for route in getattr(router, "routes", []):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return getattr(route, "path", "unmatched")
-    return "unmatched"
+    """The matched route's path template (set by the router once it has matched), so
+    /tickets/{ticket_id} is one series, not one per id."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
 
 
 class MetricsMiddleware:

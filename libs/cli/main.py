@@ -1,0 +1,278 @@
+"""`helpdesk`: run the platform locally, migrate, manage users, run benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from libs.common import migrations
+from libs.common.launcher import (
+    NatsServer,
+    PortInUseError,
+    PostgresServer,
+    Secrets,
+    Stack,
+    require_free_port,
+    service_environment,
+    start_service,
+    wait_ready,
+)
+from libs.common.settings import CommonSettings
+from libs.common.stack import DEFAULT_NATS_PORT, DEFAULT_PG_PORT, STACK
+
+
+def home() -> Path:
+    return Path(os.environ.get("HELPDESK_HOME", ".helpdesk")).resolve()
+
+
+def pg_port() -> int:
+    return int(os.environ.get("HELPDESK_PG_PORT", DEFAULT_PG_PORT))
+
+
+def nats_port() -> int:
+    return int(os.environ.get("HELPDESK_NATS_PORT", DEFAULT_NATS_PORT))
+
+
+def service_ports() -> dict[str, int]:
+    return {spec.name: int(os.environ.get(spec.port_env, spec.port)) for spec in STACK}
+
+
+def admin_database_url(secrets_: Secrets) -> str:
+    """`DATABASE_URL` when set (external PostgreSQL), else the embedded server's superuser."""
+    return os.environ.get("DATABASE_URL") or PostgresServer(home() / "pg", pg_port(), secrets_.pg_password).admin_url
+
+
+def role_passwords(secrets_: Secrets) -> dict[str, tuple[str, str]]:
+    """schema -> (role, password); `HELPDESK_<NAME>_DB_PASSWORD` overrides the generated one."""
+    result = {}
+    for spec in STACK:
+        password = os.environ.get(f"HELPDESK_{spec.name.upper()}_DB_PASSWORD") or secrets_.role_passwords[spec.role]
+        result[spec.schema] = (spec.role, password)
+    return result
+
+
+def migrate(admin_url: str, secrets_: Secrets) -> None:
+    """Create schemas and roles, run every service's migrations, then grant on the new tables."""
+    roles = role_passwords(secrets_)
+    asyncio.run(migrations.provision_roles(admin_url, roles))
+    for spec in STACK:
+        migrations.upgrade(admin_url, spec.migrations, spec.schema)
+    asyncio.run(migrations.provision_roles(admin_url, roles))
+
+
+async def _create_user(admin_url: str, tenant: str, email: str, password: str, role: str) -> str:
+    from gateway.identity import create_user
+    from libs.common.db import async_url
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(async_url(admin_url))
+    try:
+        async with AsyncSession(engine) as session, session.begin():
+            user_id = await create_user(session, tenant=tenant, email=email, password=password, role=role)
+        return str(user_id)
+    finally:
+        await engine.dispose()
+
+
+async def _user_exists(admin_url: str, email: str) -> bool:
+    import asyncpg
+
+    from libs.common.db import plain_dsn
+
+    conn = await asyncpg.connect(plain_dsn(admin_url))
+    try:
+        return bool(await conn.fetchval("SELECT 1 FROM identity.users WHERE lower(email) = lower($1)", email))
+    finally:
+        await conn.close()
+
+
+def demo_passwords(secrets_path: Path) -> dict[str, str]:
+    """HELPDESK_DEMO_PASSWORD for all three, else generated once and kept with the other secrets."""
+    shared = os.environ.get("HELPDESK_DEMO_PASSWORD")
+    if shared:
+        return {role: shared for role in ("admin", "agent", "requester")}
+    data = json.loads(secrets_path.read_text())
+    if "demo_password" not in data:
+        data["demo_password"] = secrets.token_urlsafe(12)
+        secrets_path.write_text(json.dumps(data, indent=2))
+    return {role: data["demo_password"] for role in ("admin", "agent", "requester")}
+
+
+def seed_demo(stack: Stack, admin_url: str, secrets_path: Path) -> dict:
+    from libs.cli.demo import DEMO_TENANT, DEMO_USERS, seed_demo_tickets
+
+    passwords = demo_passwords(secrets_path)
+    users = {role: {"email": email, "password": passwords[role]} for role, email in DEMO_USERS.items()}
+    if asyncio.run(_user_exists(admin_url, DEMO_USERS["admin"])):
+        print("demo tenant already seeded")
+    else:
+        for role, email in DEMO_USERS.items():
+            asyncio.run(_create_user(admin_url, DEMO_TENANT, email, passwords[role], role))
+        created = seed_demo_tickets(stack.url("gateway"), passwords)
+        print(f"seeded tenant '{DEMO_TENANT}' with {len(DEMO_USERS)} users and {created} tickets")
+    return {"tenant": DEMO_TENANT, "users": users}
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    data_dir = home()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secrets_path = data_dir / "secrets.json"
+    secrets_ = Secrets.load_or_create(secrets_path)
+    settings = CommonSettings()
+    external_db, external_nats = bool(os.environ.get("DATABASE_URL")), bool(os.environ.get("NATS_URL"))
+    ports = service_ports()
+    try:
+        # Check every port before starting anything, so a clash fails fast and names the port.
+        if not external_db:
+            require_free_port(pg_port(), "PostgreSQL")
+        if not external_nats:
+            require_free_port(nats_port(), "NATS")
+        for name, port in ports.items():
+            require_free_port(port, name)
+    except PortInUseError as exc:
+        print(f"helpdesk up: {exc}", file=sys.stderr)
+        return 3
+
+    stack = Stack(database_url="", nats_url="", ports=ports)
+    stopping = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    exit_code = 0
+    try:
+        if external_db:
+            stack.database_url = os.environ["DATABASE_URL"]
+        else:
+            stack.postgres = PostgresServer(data_dir / "pg", pg_port(), secrets_.pg_password)
+            stack.postgres.start()
+            stack.database_url = stack.postgres.admin_url
+        if external_nats:
+            stack.nats_url = os.environ["NATS_URL"]
+        else:
+            stack.nats = NatsServer(data_dir / "nats", nats_port(), sync_interval=settings.nats_sync_interval)
+            stack.nats.start()
+            stack.nats_url = stack.nats.url
+        print("running migrations ...")
+        migrate(stack.database_url, secrets_)
+        log_dir = data_dir / "logs"
+        log_dir.mkdir(exist_ok=True)
+        for spec in STACK:
+            env = service_environment(stack, spec, secrets_, {"HELPDESK_ENV": settings.env})
+            stack.services.append(start_service(stack, spec, env, log_dir if args.quiet else None))
+        for service in stack.services:
+            wait_ready(service)
+        description = stack.describe()
+        if args.demo:
+            description["demo"] = seed_demo(stack, stack.database_url, secrets_path)
+        (data_dir / "stack.json").write_text(json.dumps(description, indent=2))
+        print_banner(description, data_dir)
+        while not stopping.is_set():
+            for service in stack.services:
+                if service.process.poll() is not None:
+                    print(f"helpdesk up: {service.spec.name} exited with code {service.process.returncode}",
+                          file=sys.stderr)
+                    exit_code = 1
+                    stopping.set()
+            stopping.wait(0.5)
+    except PortInUseError as exc:
+        print(f"helpdesk up: {exc}", file=sys.stderr)
+        exit_code = 3
+    except Exception as exc:
+        print(f"helpdesk up: {exc}", file=sys.stderr)
+        exit_code = 1
+    finally:
+        print("stopping ...")
+        stack.stop()
+        (data_dir / "stack.json").unlink(missing_ok=True)
+        print("stopped")
+    return exit_code
+
+
+def print_banner(description: dict, data_dir: Path) -> None:
+    print("\nhelpdesk is running")
+    print(f"  gateway        {description['gateway']}   (API docs: {description['docs']})")
+    for name, url in description["services"].items():
+        print(f"  {name:<14} {url}")
+    print(f"  PostgreSQL     {description['database_url']}")
+    print(f"  NATS           {description['nats_url']}")
+    if "demo" in description:
+        print(f"\ndemo tenant '{description['demo']['tenant']}':")
+        for role, user in description["demo"]["users"].items():
+            print(f"  {role:<10} {user['email']:<22} password: {user['password']}")
+    print(f"\nstack description: {data_dir / 'stack.json'}; press Ctrl-C to stop\n", flush=True)
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    secrets_ = Secrets.load_or_create(home() / "secrets.json")
+    migrate(admin_database_url(secrets_), secrets_)
+    print("migrations applied")
+    return 0
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    secrets_ = Secrets.load_or_create(home() / "secrets.json")
+    try:
+        user_id = asyncio.run(
+            _create_user(admin_database_url(secrets_), args.tenant, args.email, args.password, args.role)
+        )
+    except ValueError as exc:
+        print(f"helpdesk users create: {exc}", file=sys.stderr)
+        return 2
+    print(f"created user {args.email} ({args.role}) in tenant {args.tenant}: {user_id}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.scenario == "tickets-api":
+        from bench.tickets_api import main as bench_main
+
+        return bench_main(["--seconds", str(args.seconds), "--concurrency", str(args.concurrency)])
+    print(f"unknown benchmark scenario: {args.scenario}", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="helpdesk", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run the whole platform locally")
+    up.add_argument("--demo", action=argparse.BooleanOptionalAction, default=True, help="seed the demo tenant")
+    up.add_argument("--quiet", action="store_true", help="send service logs to .helpdesk/logs/ instead of stdout")
+    up.set_defaults(func=cmd_up)
+
+    commands.add_parser("migrate", help="create roles and schemas, run all migrations").set_defaults(func=cmd_migrate)
+
+    users = commands.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
+    create = users.add_parser("create", help="create a user (and the tenant if new)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--email", required=True)
+    create.add_argument("--password", required=True)
+    create.add_argument("--role", required=True, choices=["admin", "agent", "requester", "service"])
+    create.set_defaults(func=cmd_users_create)
+
+    bench = commands.add_parser("bench", help="run a benchmark against the running stack")
+    bench.add_argument("scenario", choices=["tickets-api"])
+    bench.add_argument("--seconds", type=float, default=20.0)
+    bench.add_argument("--concurrency", type=int, default=32)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
