@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from libs.common import migrations
 from libs.common.launcher import NatsServer, PostgresServer, Secrets, free_port, service_database_url
 from libs.common.settings import CommonSettings
-from libs.common.stack import STACK, SERVICES
+from libs.common.stack import SERVICES, STACK
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
@@ -56,8 +56,6 @@ def migrate_all(admin_url: str, secrets: Secrets) -> None:
     roles = {spec.schema: (spec.role, secrets.role_passwords[spec.role]) for spec in STACK}
     asyncio.run(migrations.provision_roles(admin_url, roles))
     for spec in STACK:
-        if not (migrations.REPO_ROOT / spec.migrations / "env.py").exists():  # TEMP until gateway lands
-            continue
         migrations.upgrade(admin_url, spec.migrations, spec.schema)
     asyncio.run(migrations.provision_roles(admin_url, roles))
 
@@ -73,7 +71,10 @@ def infra() -> Iterator[Infra]:
     nats_server.start()
     try:
         migrate_all(postgres.admin_url, secrets)
-        print(f"\ntest infra ready in {time.monotonic() - started:.1f}s: pg :{postgres.port}, nats :{nats_server.port}")
+        print(
+            f"\ntest infra ready in {time.monotonic() - started:.1f}s: "
+            f"pg :{postgres.port}, nats :{nats_server.port}"
+        )
         yield Infra(postgres, nats_server, secrets, workdir)
     finally:
         nats_server.stop()
@@ -104,8 +105,13 @@ def make_token(
 ) -> str:
     now = int(time.time())
     payload: dict[str, Any] = {
-        "sub": user_id, "tenant": tenant, "roles": roles, "iat": now, "exp": now + ttl_s,
-        "iss": "helpdesk", "aud": "helpdesk",
+        "sub": user_id,
+        "tenant": tenant,
+        "roles": roles,
+        "iat": now,
+        "exp": now + ttl_s,
+        "iss": "helpdesk",
+        "aud": "helpdesk",
     }
     payload.update(claims)
     return jwt.encode(payload, infra.jwt_secret, algorithm="HS256")

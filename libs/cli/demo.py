@@ -14,19 +14,49 @@ DEMO_USERS = {
 }
 
 _SUBJECTS = [
-    ("3층 엘리베이터가 멈췄습니다", "엘리베이터가 3층과 4층 사이에서 멈췄어요. 안에 사람은 없습니다.", "maintenance", "urgent"),
+    (
+        "3층 엘리베이터가 멈췄습니다",
+        "엘리베이터가 3층과 4층 사이에서 멈췄어요. 안에 사람은 없습니다.",
+        "maintenance",
+        "urgent",
+    ),
     ("화장실 천장 누수", "2층 남자 화장실 천장에서 물이 샙니다.", "maintenance", "high"),
     ("회의실 에어컨 고장", "대회의실 에어컨이 작동하지 않습니다.", "maintenance", "medium"),
     ("주차장 조명 교체 요청", "지하 2층 주차장 조명 몇 개가 꺼져 있습니다.", "maintenance", "low"),
     ("비밀번호 재설정이 안 돼요", "비밀번호 재설정 메일이 오지 않습니다.", "account", "high"),
     ("청구서 금액이 이상합니다", "이번 달 청구서에 같은 항목이 두 번 청구되었습니다.", "billing", "medium"),
     ("로비 출입문 카드키 오류", "로비 출입문이 카드키를 인식하지 못합니다.", "maintenance", "high"),
-    ("Elevator stuck on floor 3", "The east elevator has been stuck on floor 3 since 9am.", "maintenance", "urgent"),
-    ("Water leak in server room", "Water is dripping from the ceiling above rack B.", "maintenance", "urgent"),
-    ("Cannot log in to the portal", "I get 'invalid credentials' although my password is right.", "account", "high"),
-    ("Invoice shows the wrong VAT", "Our invoice for October lists 20% VAT instead of 10%.", "billing", "medium"),
+    (
+        "Elevator stuck on floor 3",
+        "The east elevator has been stuck on floor 3 since 9am.",
+        "maintenance",
+        "urgent",
+    ),
+    (
+        "Water leak in server room",
+        "Water is dripping from the ceiling above rack B.",
+        "maintenance",
+        "urgent",
+    ),
+    (
+        "Cannot log in to the portal",
+        "I get 'invalid credentials' although my password is right.",
+        "account",
+        "high",
+    ),
+    (
+        "Invoice shows the wrong VAT",
+        "Our invoice for October lists 20% VAT instead of 10%.",
+        "billing",
+        "medium",
+    ),
     ("Heating not working in room 204", "Room 204 is at 15°C this morning.", "maintenance", "high"),
-    ("Request: export of all tickets", "Could we get a CSV export of last year's tickets?", "question", "low"),
+    (
+        "Request: export of all tickets",
+        "Could we get a CSV export of last year's tickets?",
+        "question",
+        "low",
+    ),
     ("Broken window on 5th floor", "A window in the 5th floor kitchen has a crack.", "maintenance", "medium"),
     ("How do I add a colleague?", "I want to invite a colleague to our account.", "question", "low"),
 ]
@@ -49,7 +79,12 @@ def seed_demo_tickets(gateway_url: str, passwords: dict[str, str], count: int = 
             role = "requester" if rng.random() < 0.6 else "agent"
             response = client.post(
                 "/api/v1/tickets",
-                json={"subject": subject, "description": description, "category": category, "priority": priority},
+                json={
+                    "subject": subject,
+                    "description": description,
+                    "category": category,
+                    "priority": priority,
+                },
                 headers={"Authorization": f"Bearer {tokens[role]}", "Idempotency-Key": f"demo-seed-{n}"},
             )
             response.raise_for_status()

@@ -10,7 +10,6 @@ import secrets
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from libs.common import migrations
@@ -47,14 +46,19 @@ def service_ports() -> dict[str, int]:
 
 def admin_database_url(secrets_: Secrets) -> str:
     """`DATABASE_URL` when set (external PostgreSQL), else the embedded server's superuser."""
-    return os.environ.get("DATABASE_URL") or PostgresServer(home() / "pg", pg_port(), secrets_.pg_password).admin_url
+    return (
+        os.environ.get("DATABASE_URL")
+        or PostgresServer(home() / "pg", pg_port(), secrets_.pg_password).admin_url
+    )
 
 
 def role_passwords(secrets_: Secrets) -> dict[str, tuple[str, str]]:
     """schema -> (role, password); `HELPDESK_<NAME>_DB_PASSWORD` overrides the generated one."""
     result = {}
     for spec in STACK:
-        password = os.environ.get(f"HELPDESK_{spec.name.upper()}_DB_PASSWORD") or secrets_.role_passwords[spec.role]
+        password = (
+            os.environ.get(f"HELPDESK_{spec.name.upper()}_DB_PASSWORD") or secrets_.role_passwords[spec.role]
+        )
         result[spec.schema] = (spec.role, password)
     return result
 
@@ -69,9 +73,10 @@ def migrate(admin_url: str, secrets_: Secrets) -> None:
 
 
 async def _create_user(admin_url: str, tenant: str, email: str, password: str, role: str) -> str:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
     from gateway.identity import create_user
     from libs.common.db import async_url
-    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
     engine = create_async_engine(async_url(admin_url))
     try:
@@ -180,8 +185,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         while not stopping.is_set():
             for service in stack.services:
                 if service.process.poll() is not None:
-                    print(f"helpdesk up: {service.spec.name} exited with code {service.process.returncode}",
-                          file=sys.stderr)
+                    print(
+                        f"helpdesk up: {service.spec.name} exited with code {service.process.returncode}",
+                        file=sys.stderr,
+                    )
                     exit_code = 1
                     stopping.set()
             stopping.wait(0.5)
@@ -247,13 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="run the whole platform locally")
-    up.add_argument("--demo", action=argparse.BooleanOptionalAction, default=True, help="seed the demo tenant")
-    up.add_argument("--quiet", action="store_true", help="send service logs to .helpdesk/logs/ instead of stdout")
+    up.add_argument(
+        "--demo", action=argparse.BooleanOptionalAction, default=True, help="seed the demo tenant"
+    )
+    up.add_argument(
+        "--quiet", action="store_true", help="send service logs to .helpdesk/logs/ instead of stdout"
+    )
     up.set_defaults(func=cmd_up)
 
-    commands.add_parser("migrate", help="create roles and schemas, run all migrations").set_defaults(func=cmd_migrate)
+    commands.add_parser("migrate", help="create roles and schemas, run all migrations").set_defaults(
+        func=cmd_migrate
+    )
 
-    users = commands.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
+    users = commands.add_parser("users", help="manage users").add_subparsers(
+        dest="users_command", required=True
+    )
     create = users.add_parser("create", help="create a user (and the tenant if new)")
     create.add_argument("--tenant", required=True)
     create.add_argument("--email", required=True)

@@ -33,7 +33,10 @@ class Identity:
 
 def _unauthorized(detail: str) -> ProblemError:
     return ProblemError(
-        401, "Unauthorized", detail, type_="https://helpdesk.dev/problems/unauthorized",
+        401,
+        "Unauthorized",
+        detail,
+        type_="https://helpdesk.dev/problems/unauthorized",
         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
     )
 
@@ -115,8 +118,13 @@ def issue_token(
         raise RuntimeError("token issuing needs HELPDESK_JWT_SECRET")
     now = int(time.time())
     claims = {
-        "sub": user_id, "tenant": tenant, "roles": roles, "iat": now, "exp": now + ttl_s,
-        "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
+        "sub": user_id,
+        "tenant": tenant,
+        "roles": roles,
+        "iat": now,
+        "exp": now + ttl_s,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
     }
     return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
 

@@ -205,6 +205,7 @@ class ConsumerRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and handle batches until `stop` is set; the batch in hand is always finished."""
         subscription = None
+        lag_reporter: asyncio.Task | None = None
         while not stop.is_set():
             try:
                 if subscription is None:
@@ -212,7 +213,7 @@ class ConsumerRunner:
                     subscription = await self.nc.jetstream().pull_subscribe_bind(
                         durable=self.durable, stream=self.stream
                     )
-                    asyncio.create_task(self._report_lag(subscription, stop))
+                    lag_reporter = asyncio.create_task(self._report_lag(subscription, stop))
                 try:
                     messages = await subscription.fetch(self.settings.consumer_batch_size, timeout=1.0)
                 except (TimeoutError, NatsTimeoutError):
@@ -225,6 +226,8 @@ class ConsumerRunner:
                 log.warning("consumer_fetch_failed", consumer=self.durable, error=repr(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
+        if lag_reporter is not None:
+            lag_reporter.cancel()
 
     async def _report_lag(self, subscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -256,8 +259,11 @@ def journal_handler(table: Table) -> Handler:
     async def record_received_event(session: AsyncSession, event: CloudEvent) -> None:
         await session.execute(
             insert(table).values(
-                event_id=event.id, tenant_id=event.tenant, type=event.type,
-                aggregate_id=event.subject, data=event.data,
+                event_id=event.id,
+                tenant_id=event.tenant,
+                type=event.type,
+                aggregate_id=event.subject,
+                data=event.data,
             )
         )
 

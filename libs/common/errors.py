@@ -112,7 +112,11 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     ]
     fields = ", ".join(sorted({e["field"] for e in errors})) or "request"
     return problem_response(
-        422, "Validation Error", f"Invalid request: {fields}", type_=PROBLEM_BASE + "validation", errors=errors
+        422,
+        "Validation Error",
+        f"Invalid request: {fields}",
+        type_=PROBLEM_BASE + "validation",
+        errors=errors,
     )
 
 

@@ -75,7 +75,8 @@ async def claim_key(
     ).one()
     if row.request_hash != fingerprint:
         raise ProblemError(
-            422, "Idempotency Key Reused",
+            422,
+            "Idempotency Key Reused",
             "this Idempotency-Key was already used with a different request",
             type_="https://helpdesk.dev/problems/idempotency-key-reused",
         )

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -121,8 +122,7 @@ class PostgresServer:
     @property
     def admin_url(self) -> str:
         return (
-            f"postgresql://{PG_SUPERUSER}:{quote(self.password, safe='')}"
-            f"@127.0.0.1:{self.port}/{PG_DATABASE}"
+            f"postgresql://{PG_SUPERUSER}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{PG_DATABASE}"
         )
 
     def url_for(self, role: str, password: str) -> str:
@@ -162,27 +162,51 @@ class PostgresServer:
             try:
                 subprocess.run(
                     [
-                        str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", PG_SUPERUSER,
-                        "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
+                        str(self.bin / "initdb"),
+                        "-D",
+                        str(self.data_dir),
+                        "-U",
+                        PG_SUPERUSER,
+                        "--auth=scram-sha-256",
+                        f"--pwfile={pwfile}",
+                        "--encoding=UTF8",
                         "--locale=C.UTF-8",
                     ],
-                    check=True, capture_output=True, user=self.run_as,
+                    check=True,
+                    capture_output=True,
+                    user=self.run_as,
                 )
             finally:
                 pwfile.unlink(missing_ok=True)
         options = [
-            "-c", "max_connections=400",
-            "-c", "shared_buffers=256MB",
-            "-c", "unix_socket_directories=",
-            "-c", "log_min_messages=warning",
+            "-c",
+            "max_connections=400",
+            "-c",
+            "shared_buffers=256MB",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "log_min_messages=warning",
         ]
         if not self.durable:  # throwaway test servers: speed over crash safety
             options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-        log_file = open(self.data_dir.parent / f"postgres-{self.port}.log", "ab")
-        self.process = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port), "-h", "127.0.0.1", *options],
-            stdout=log_file, stderr=subprocess.STDOUT, user=self.run_as, start_new_session=True,
-        )
+        with open(self.data_dir.parent / f"postgres-{self.port}.log", "ab") as log_file:
+            self.process = subprocess.Popen(
+                [
+                    str(self.bin / "postgres"),
+                    "-D",
+                    str(self.data_dir),
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    *options,
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                user=self.run_as,
+                start_new_session=True,
+            )
         wait_for_port(self.port, timeout, self.process)
         self._wait_accepting(timeout)
         self._ensure_database()
@@ -190,9 +214,23 @@ class PostgresServer:
     def _psql(self, sql: str, database: str = "postgres") -> str:
         env = {**os.environ, "PGPASSWORD": self.password}
         result = subprocess.run(
-            [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_SUPERUSER,
-             "-d", database, "-tAc", sql],
-            check=True, capture_output=True, text=True, env=env,
+            [
+                str(self.bin / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                PG_SUPERUSER,
+                "-d",
+                database,
+                "-tAc",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         return result.stdout.strip()
 
@@ -250,11 +288,13 @@ class NatsServer:
             f"host: 127.0.0.1\nport: {self.port}\nmax_payload: 8MB\n"
             f"jetstream {{\n  {chr(10).join(jetstream)}\n}}\n"
         )
-        log_file = open(self.store_dir.parent / f"nats-{self.port}.log", "ab")
-        self.process = subprocess.Popen(
-            [self.binary(), "-c", str(config)], stdout=log_file, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.store_dir.parent / f"nats-{self.port}.log", "ab") as log_file:
+            self.process = subprocess.Popen(
+                [self.binary(), "-c", str(config)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_for_port(self.port, timeout, self.process)
 
     def stop(self) -> None:
@@ -325,10 +365,14 @@ def service_database_url(admin_url: str, role: str, password: str) -> str:
     return make_url(admin_url).set(username=role, password=password).render_as_string(hide_password=False)
 
 
-def service_environment(stack: Stack, spec: ProcessSpec, secrets_: Secrets, extra: dict[str, str]) -> dict[str, str]:
+def service_environment(
+    stack: Stack, spec: ProcessSpec, secrets_: Secrets, extra: dict[str, str]
+) -> dict[str, str]:
     env = {
         **os.environ,
-        "DATABASE_URL": service_database_url(stack.database_url, spec.role, secrets_.role_passwords[spec.role]),
+        "DATABASE_URL": service_database_url(
+            stack.database_url, spec.role, secrets_.role_passwords[spec.role]
+        ),
         "NATS_URL": stack.nats_url,
         "HELPDESK_JWT_SECRET": secrets_.jwt_secret,
         **{f"HELPDESK_{s.name.upper()}_URL": stack.url(s.name) for s in STACK if s.name != "gateway"},
@@ -340,20 +384,20 @@ def service_environment(stack: Stack, spec: ProcessSpec, secrets_: Secrets, extr
     return env
 
 
-def start_service(stack: Stack, spec: ProcessSpec, env: dict[str, str], log_dir: Path | None) -> ServiceProcess:
+def start_service(
+    stack: Stack, spec: ProcessSpec, env: dict[str, str], log_dir: Path | None
+) -> ServiceProcess:
     port = stack.ports[spec.name]
     require_free_port(port, spec.name)
-    output = open(log_dir / f"{spec.name}.log", "ab") if log_dir else None
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "uvicorn", "--factory", spec.app_factory,
-            "--host", "127.0.0.1", "--port", str(port),
-            "--loop", "uvloop", "--http", "httptools",
-            "--no-access-log", "--timeout-graceful-shutdown", "20",
-        ],
-        env=env, stdout=output, stderr=subprocess.STDOUT if output else None,
-        start_new_session=True,
-    )
+    log_file = open(log_dir / f"{spec.name}.log", "ab") if log_dir else contextlib.nullcontext()  # noqa: SIM115
+    with log_file as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "libs.common.serve", spec.app_factory, "--port", str(port)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            start_new_session=True,
+        )
     return ServiceProcess(spec, port, process)
 
 

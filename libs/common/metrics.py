@@ -17,9 +17,7 @@ HTTP_LATENCY = Histogram(
 EVENTS_PUBLISHED = Counter(
     "helpdesk_events_published_total", "Outbox events acknowledged by JetStream", ["service"]
 )
-EVENTS_CONSUMED = Counter(
-    "helpdesk_events_consumed_total", "Events handled and acked", ["service", "stream"]
-)
+EVENTS_CONSUMED = Counter("helpdesk_events_consumed_total", "Events handled and acked", ["service", "stream"])
 EVENTS_FAILED = Counter(
     "helpdesk_events_failed_total", "Event handler failures (nak or dead-letter)", ["service", "stream"]
 )
@@ -65,9 +63,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            HTTP_LATENCY.labels(
-                self.service, scope["method"], route_template(scope), str(status)
-            ).observe(time.perf_counter() - started)
+            HTTP_LATENCY.labels(self.service, scope["method"], route_template(scope), str(status)).observe(
+                time.perf_counter() - started
+            )
 
 
 metrics_router = APIRouter()

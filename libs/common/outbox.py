@@ -163,8 +163,11 @@ class OutboxRelay:
                 conn = await asyncpg.connect(plain_dsn(self.settings.database_url))
                 await conn.add_listener(channel, lambda *_: self.wakeup.set())
                 self.wakeup.set()  # catch anything committed while we were not listening
-                while not stop.is_set() and not conn.is_closed():
-                    await asyncio.sleep(1.0)
+                while not conn.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=1.0)
+                    if stop.is_set():
+                        return
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("outbox_listen_failed", error=str(exc))
                 await asyncio.sleep(2.0)

@@ -37,5 +37,7 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
     except (ValueError, UnicodeDecodeError):
         values = None
     if not isinstance(values, list) or len(values) != arity:
-        raise ProblemError(400, "Bad Request", "malformed cursor", type_="https://helpdesk.dev/problems/cursor")
+        raise ProblemError(
+            400, "Bad Request", "malformed cursor", type_="https://helpdesk.dev/problems/cursor"
+        )
     return values

@@ -26,12 +26,18 @@ STACK: tuple[ProcessSpec, ...] = (
     ProcessSpec("gateway", "identity", "gateway.app:create_app", "gateway/migrations", 8080),
     ProcessSpec("tickets", "tickets", "services.tickets.app:create_app", "services/tickets/migrations", 8101),
     ProcessSpec(
-        "summarization", "summarization", "services.summarization.app:create_app",
-        "services/summarization/migrations", 8102,
+        "summarization",
+        "summarization",
+        "services.summarization.app:create_app",
+        "services/summarization/migrations",
+        8102,
     ),
     ProcessSpec(
-        "notifications", "notifications", "services.notifications.app:create_app",
-        "services/notifications/migrations", 8103,
+        "notifications",
+        "notifications",
+        "services.notifications.app:create_app",
+        "services/notifications/migrations",
+        8103,
     ),
     ProcessSpec(
         "analytics", "analytics", "services.analytics.app:create_app", "services/analytics/migrations", 8104

@@ -10,7 +10,9 @@ from services.analytics import service
 
 
 async def on_ticket_created(session: AsyncSession, event: CloudEvent) -> None:
-    await service.count_created_ticket(session, event.tenant, datetime.fromisoformat(event.data["created_at"]))
+    await service.count_created_ticket(
+        session, event.tenant, datetime.fromisoformat(event.data["created_at"])
+    )
 
 
 subscriptions = [Subscription(stream="TICKETS", handlers={"ticket.created": on_ticket_created})]

@@ -17,7 +17,9 @@ router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"])
 async def get_overview(
     session: SessionDep,
     identity: Identity = require_roles("agent", "admin", "service"),
-    from_: Annotated[date | None, Query(alias="from", description="First day (UTC), default 29 days before `to`")] = None,
+    from_: Annotated[
+        date | None, Query(alias="from", description="First day (UTC), default 29 days before `to`")
+    ] = None,
     to: Annotated[date | None, Query(description="Last day (UTC), default today")] = None,
 ) -> Overview:
     """Tickets created per day for the caller's tenant (days with none included as 0)."""

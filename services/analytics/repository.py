@@ -21,7 +21,9 @@ async def add_created_ticket(session: AsyncSession, tenant_id: str, day: date) -
     )
 
 
-async def created_counts_by_day(session: AsyncSession, tenant_id: str, first: date, last: date) -> dict[date, int]:
+async def created_counts_by_day(
+    session: AsyncSession, tenant_id: str, first: date, last: date
+) -> dict[date, int]:
     rows = await session.execute(
         select(daily_ticket_counts.c.day, daily_ticket_counts.c.tickets_created).where(
             daily_ticket_counts.c.tenant_id == tenant_id,

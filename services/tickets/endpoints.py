@@ -28,15 +28,21 @@ def etag(ticket: dict[str, Any]) -> str:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TicketRead)
 async def create_ticket(
-    data: TicketCreate, session: SessionDep, identity: IdentityDep, idempotency_key: IdempotencyKeyHeader = None
+    data: TicketCreate,
+    session: SessionDep,
+    identity: IdentityDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     """Create a ticket. With `Idempotency-Key`, a retry with the same body replays the first response."""
     if idempotency_key:
-        fingerprint = request_fingerprint("POST /api/v1/tickets", identity.user_id, data.model_dump(mode="json"))
+        fingerprint = request_fingerprint(
+            "POST /api/v1/tickets", identity.user_id, data.model_dump(mode="json")
+        )
         stored = await claim_key(session, idempotency_keys, identity.tenant, idempotency_key, fingerprint)
         if stored is not None:
             return JSONResponse(
-                stored.body, status_code=stored.status_code,
+                stored.body,
+                status_code=stored.status_code,
                 headers={"Idempotent-Replayed": "true", "Location": f"/api/v1/tickets/{stored.body['id']}"},
             )
     ticket = await service.create_ticket(session, identity, data)
@@ -49,7 +55,9 @@ async def create_ticket(
 
 
 @router.get("/{ticket_id}", response_model=TicketRead)
-async def get_ticket(ticket_id: UUID, session: SessionDep, identity: IdentityDep, response: Response) -> dict[str, Any]:
+async def get_ticket(
+    ticket_id: UUID, session: SessionDep, identity: IdentityDep, response: Response
+) -> dict[str, Any]:
     """One ticket of the caller's tenant (requesters: only their own)."""
     ticket = await service.get_ticket(session, identity, ticket_id)
     response.headers["ETag"] = etag(ticket)

@@ -30,7 +30,10 @@ tickets = Table(
     Index("ix_tickets_tenant_id_created_at_id", "tenant_id", text("created_at DESC"), text("id DESC")),
     Index(
         "ix_tickets_tenant_id_requester_id_created_at_id",
-        "tenant_id", "requester_id", text("created_at DESC"), text("id DESC"),
+        "tenant_id",
+        "requester_id",
+        text("created_at DESC"),
+        text("id DESC"),
     ),
 )
 

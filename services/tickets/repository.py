@@ -13,9 +13,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.tickets.models import ticket_numbers, tickets
 
 TICKET_COLUMNS = [
-    tickets.c.id, tickets.c.number, tickets.c.subject, tickets.c.description, tickets.c.status,
-    tickets.c.priority, tickets.c.category, tickets.c.requester_id, tickets.c.assignee_id,
-    tickets.c.created_at, tickets.c.updated_at, tickets.c.version,
+    tickets.c.id,
+    tickets.c.number,
+    tickets.c.subject,
+    tickets.c.description,
+    tickets.c.status,
+    tickets.c.priority,
+    tickets.c.category,
+    tickets.c.requester_id,
+    tickets.c.assignee_id,
+    tickets.c.created_at,
+    tickets.c.updated_at,
+    tickets.c.version,
 ]
 
 
@@ -68,5 +77,3 @@ async def list_tickets(
         .limit(limit + 1)
     )
     return [dict(row._mapping) for row in await session.execute(query)]
-
-

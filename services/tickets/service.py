@@ -42,10 +42,16 @@ async def create_ticket(session: AsyncSession, identity: Identity, data: TicketC
             "updated_at": now,
         },
     )
-    payload = TicketCreated(ticket_id=ticket["id"], **{k: v for k, v in ticket.items() if k not in ("id", "version")})
+    payload = TicketCreated(
+        ticket_id=ticket["id"], **{k: v for k, v in ticket.items() if k not in ("id", "version")}
+    )
     subject, event = build_event(
-        service=SERVICE, tenant=identity.tenant, aggregate="ticket", event="created",
-        aggregate_id=str(ticket["id"]), data=payload,
+        service=SERVICE,
+        tenant=identity.tenant,
+        aggregate="ticket",
+        event="created",
+        aggregate_id=str(ticket["id"]),
+        data=payload,
     )
     await record_event(session, outbox, subject, event)
     return ticket

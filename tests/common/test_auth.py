@@ -22,7 +22,15 @@ def settings(**overrides) -> CommonSettings:
 
 def claims(**overrides) -> dict:
     now = int(time.time())
-    base = {"sub": "u1", "tenant": "acme", "roles": ["agent"], "iat": now, "exp": now + 600, "iss": "helpdesk", "aud": "helpdesk"}
+    base = {
+        "sub": "u1",
+        "tenant": "acme",
+        "roles": ["agent"],
+        "iat": now,
+        "exp": now + 600,
+        "iss": "helpdesk",
+        "aud": "helpdesk",
+    }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -41,7 +49,11 @@ def rejected(verifier: TokenVerifier, token: str) -> ProblemError:
 def test_valid_token_gives_identity():
     token = jwt.encode(claims(roles=["admin", "agent"]), SECRET, algorithm="HS256")
     identity = TokenVerifier(settings()).verify(token)
-    assert (identity.tenant, identity.user_id, identity.roles) == ("acme", "u1", frozenset({"admin", "agent"}))
+    assert (identity.tenant, identity.user_id, identity.roles) == (
+        "acme",
+        "u1",
+        frozenset({"admin", "agent"}),
+    )
 
 
 def test_issued_token_round_trips():
@@ -62,9 +74,11 @@ def test_forged_signature_is_rejected():
 
 def test_hs256_signed_with_the_public_key_is_rejected():
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     verifier = TokenVerifier(settings(jwt_algorithms=["HS256", "RS256"], jwt_public_key=public_pem))
     good = jwt.encode(claims(), private, algorithm="RS256")
     assert verifier.verify(good).tenant == "acme"
@@ -80,9 +94,11 @@ def test_hs256_signed_with_the_public_key_is_rejected():
 
 def test_es256_public_key_verification():
     private = ec.generate_private_key(ec.SECP256R1())
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     verifier = TokenVerifier(CommonSettings(jwt_algorithms=["ES256"], jwt_public_key=public_pem))
     assert verifier.verify(jwt.encode(claims(), private, algorithm="ES256")).user_id == "u1"
     rejected(verifier, jwt.encode(claims(), SECRET, algorithm="HS256"))  # HS256 not on the allow-list
@@ -109,8 +125,18 @@ def test_token_missing_a_required_claim_is_rejected(missing):
     rejected(TokenVerifier(settings()), token)
 
 
-@pytest.mark.parametrize(("claim", "value"), [("iss", "evil"), ("aud", "other-app"), ("tenant", "ACME!"), ("tenant", ""),
-                                              ("roles", ["superuser"]), ("roles", "admin"), ("sub", 42)])
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        ("iss", "evil"),
+        ("aud", "other-app"),
+        ("tenant", "ACME!"),
+        ("tenant", ""),
+        ("roles", ["superuser"]),
+        ("roles", "admin"),
+        ("sub", 42),
+    ],
+)
 def test_wrong_claim_values_are_rejected(claim, value):
     token = jwt.encode(claims(**{claim: value}), SECRET, algorithm="HS256")
     rejected(TokenVerifier(settings()), token)
@@ -122,7 +148,9 @@ def test_oversized_token_is_rejected_before_decoding():
     assert rejected(TokenVerifier(settings()), token).detail == "token too large"
 
 
-@pytest.mark.parametrize("garbage", ["", "abc", "a.b.c", "....", "eyJhbGciOiJIUzI1NiJ9.e30", "\u00e9.\u00e9.\u00e9"])
+@pytest.mark.parametrize(
+    "garbage", ["", "abc", "a.b.c", "....", "eyJhbGciOiJIUzI1NiJ9.e30", "\u00e9.\u00e9.\u00e9"]
+)
 def test_garbage_tokens_are_rejected(garbage):
     rejected(TokenVerifier(settings()), garbage)
 

@@ -45,7 +45,9 @@ async def count_effect(session: AsyncSession, event: CloudEvent) -> None:
         raise ValueError("this event can never be handled")
     statement = pg_insert(effects).values(tenant_id=event.tenant, count=1)
     await session.execute(
-        statement.on_conflict_do_update(index_elements=[effects.c.tenant_id], set_={"count": effects.c.count + 1})
+        statement.on_conflict_do_update(
+            index_elements=[effects.c.tenant_id], set_={"count": effects.c.count + 1}
+        )
     )
 
 
@@ -64,14 +66,24 @@ def make_runner(infra, nc, engine, tenant: str, runner_class=ConsumerRunner, **o
 
 async def publish_ticket_created(nc, tenant: str, subject_text: str) -> CloudEvent:
     payload = TicketCreated(
-        ticket_id="0190f0f0-0000-7000-8000-000000000001", number=1, subject=subject_text, description="",
-        status="open", priority="low", category=None, requester_id="r", assignee_id=None,
-        created_at="2026-11-22T10:00:00Z", updated_at="2026-11-22T10:00:00Z",
+        ticket_id="0190f0f0-0000-7000-8000-000000000001",
+        number=1,
+        subject=subject_text,
+        description="",
+        status="open",
+        priority="low",
+        category=None,
+        requester_id="r",
+        assignee_id=None,
+        created_at="2026-11-22T10:00:00Z",
+        updated_at="2026-11-22T10:00:00Z",
     )
     subject, event = build_event(
         service="tickets", tenant=tenant, aggregate="ticket", event="created", aggregate_id="t1", data=payload
     )
-    await nc.jetstream().publish(subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.id)})
+    await nc.jetstream().publish(
+        subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.id)}
+    )
     return event
 
 
@@ -130,7 +142,13 @@ async def test_poison_event_is_dead_lettered_and_later_events_still_flow(infra, 
 
         async def dead_lettered() -> bool:
             async with test_db.connect() as conn:
-                return bool(await conn.scalar(select(func.count()).select_from(dead_letters).where(dead_letters.c.tenant_id == tenant)))
+                return bool(
+                    await conn.scalar(
+                        select(func.count())
+                        .select_from(dead_letters)
+                        .where(dead_letters.c.tenant_id == tenant)
+                    )
+                )
 
         await run_until(runner, lambda: _all(effect_count(test_db, tenant), 5, dead_lettered()))
         async with test_db.connect() as conn:
@@ -162,14 +180,21 @@ async def test_malformed_envelope_goes_straight_to_dead_letters(infra, test_db):
         async def two_dead_letters() -> bool:
             async with test_db.connect() as conn:
                 rows = await conn.scalar(
-                    select(func.count()).select_from(dead_letters).where(dead_letters.c.subject == f"tickets.{tenant}.ticket.created")
+                    select(func.count())
+                    .select_from(dead_letters)
+                    .where(dead_letters.c.subject == f"tickets.{tenant}.ticket.created")
                 )
                 return rows == 2
 
         await run_until(runner, two_dead_letters)
         async with test_db.connect() as conn:
-            raws = (await conn.execute(select(dead_letters.c.raw, dead_letters.c.deliveries).where(
-                dead_letters.c.subject == f"tickets.{tenant}.ticket.created"))).all()
+            raws = (
+                await conn.execute(
+                    select(dead_letters.c.raw, dead_letters.c.deliveries).where(
+                        dead_letters.c.subject == f"tickets.{tenant}.ticket.created"
+                    )
+                )
+            ).all()
         assert {r.raw for r in raws} == {"{not json", '{"id": "x"}'}
         assert {r.deliveries for r in raws} == {1}
     finally:

@@ -45,7 +45,9 @@ async def test_creates_succeed_while_nats_is_down_and_are_counted_exactly_once_a
         try:
             statuses = []
             for i in range(200):
-                response = await tickets.post("/api/v1/tickets", json={"subject": f"during outage {i}"}, headers=headers)
+                response = await tickets.post(
+                    "/api/v1/tickets", json={"subject": f"during outage {i}"}, headers=headers
+                )
                 statuses.append(response.status_code)
             assert statuses == [201] * 200
             assert (await tickets.get("/readyz")).status_code == 503
@@ -87,18 +89,26 @@ async def test_relay_crash_between_ack_and_mark_republishes_and_the_stream_dedup
         async with AsyncSession(engine) as session, session.begin():
             for n in range(5):
                 subject, event = build_event(
-                    service="tickets", tenant=tenant, aggregate="ticket", event="created", aggregate_id=f"agg-{n}",
+                    service="tickets",
+                    tenant=tenant,
+                    aggregate="ticket",
+                    event="created",
+                    aggregate_id=f"agg-{n}",
                     data=TicketCreated.model_validate(_payload(n)),
                 )
                 await record_event(session, ticket_models.outbox, subject, event)
 
-        crashing = CrashBeforeMark(service="tickets", engine=engine, outbox=ticket_models.outbox, nc=nc, settings=settings)
+        crashing = CrashBeforeMark(
+            service="tickets", engine=engine, outbox=ticket_models.outbox, nc=nc, settings=settings
+        )
         with pytest.raises(RuntimeError, match="simulated crash"):
             await crashing.relay_pending_events()
         assert await stream_count(infra, f"tickets.{tenant}.>") == 5  # published once...
         assert await _pending(engine, tenant) == 5  # ...but still pending in the outbox
 
-        healthy = OutboxRelay(service="tickets", engine=engine, outbox=ticket_models.outbox, nc=nc, settings=settings)
+        healthy = OutboxRelay(
+            service="tickets", engine=engine, outbox=ticket_models.outbox, nc=nc, settings=settings
+        )
         while await _pending(engine, tenant):
             await healthy.relay_pending_events()
         assert await stream_count(infra, f"tickets.{tenant}.>") == 5  # re-published, de-duplicated
@@ -121,12 +131,18 @@ async def test_relay_publishes_in_outbox_order(infra):
         async with AsyncSession(engine) as session, session.begin():
             for n in range(30):
                 subject, event = build_event(
-                    service="tickets", tenant=tenant, aggregate="ticket", event="created", aggregate_id="same",
+                    service="tickets",
+                    tenant=tenant,
+                    aggregate="ticket",
+                    event="created",
+                    aggregate_id="same",
                     data=TicketCreated.model_validate(_payload(n)),
                 )
                 ids.append(str(event.id))
                 await record_event(session, ticket_models.outbox, subject, event)
-        relay = OutboxRelay(service="tickets", engine=engine, outbox=ticket_models.outbox, nc=nc, settings=settings)
+        relay = OutboxRelay(
+            service="tickets", engine=engine, outbox=ticket_models.outbox, nc=nc, settings=settings
+        )
         while await _pending(engine, tenant):
             await relay.relay_pending_events()
         subscription = await nc.jetstream().subscribe(f"tickets.{tenant}.>", ordered_consumer=True)
@@ -142,9 +158,17 @@ async def test_relay_publishes_in_outbox_order(infra):
 
 def _payload(n: int) -> dict:
     return {
-        "ticket_id": "0190f0f0-0000-7000-8000-%012d" % n, "number": n + 1, "subject": f"s{n}", "description": "",
-        "status": "open", "priority": "low", "category": None, "requester_id": "r", "assignee_id": None,
-        "created_at": "2026-11-22T10:00:00+00:00", "updated_at": "2026-11-22T10:00:00+00:00",
+        "ticket_id": f"0190f0f0-0000-7000-8000-{n:012d}",
+        "number": n + 1,
+        "subject": f"s{n}",
+        "description": "",
+        "status": "open",
+        "priority": "low",
+        "category": None,
+        "requester_id": "r",
+        "assignee_id": None,
+        "created_at": "2026-11-22T10:00:00+00:00",
+        "updated_at": "2026-11-22T10:00:00+00:00",
     }
 
 
@@ -152,7 +176,7 @@ async def _pending(engine, tenant: str) -> int:
     outbox = ticket_models.outbox
     async with engine.connect() as conn:
         return await conn.scalar(
-            select(func.count()).select_from(outbox).where(
-                outbox.c.published_at.is_(None), outbox.c.subject.like(f"tickets.{tenant}.%")
-            )
+            select(func.count())
+            .select_from(outbox)
+            .where(outbox.c.published_at.is_(None), outbox.c.subject.like(f"tickets.{tenant}.%"))
         )

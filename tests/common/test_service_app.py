@@ -20,7 +20,9 @@ async def boom() -> dict:
 @pytest.fixture(scope="module")
 async def client(infra):
     app = create_service_app(
-        ServiceDefinition(name="probe", settings=settings_for(infra, CommonSettings, "analytics"), routers=[router])
+        ServiceDefinition(
+            name="probe", settings=settings_for(infra, CommonSettings, "analytics"), routers=[router]
+        )
     )
     async with app_client(app) as client:
         yield client
@@ -52,7 +54,10 @@ async def test_request_id_is_generated_or_passed_through(client):
 async def test_metrics_are_labelled_by_route_template(client):
     await client.get("/boom")
     body = (await client.get("/metrics")).text
-    assert 'helpdesk_http_request_duration_seconds_count{method="GET",route="/boom",service="probe",status="500"}' in body
+    assert (
+        'helpdesk_http_request_duration_seconds_count{method="GET",route="/boom",service="probe",status="500"}'
+        in body
+    )
 
 
 async def test_readyz_reports_database_and_nats(client):
@@ -66,7 +71,9 @@ async def test_readyz_reports_database_and_nats(client):
 
 
 async def test_readyz_is_503_when_the_database_is_unreachable(infra):
-    settings = settings_for(infra, CommonSettings, "analytics", database_url="postgresql://nobody:x@127.0.0.1:1/none")
+    settings = settings_for(
+        infra, CommonSettings, "analytics", database_url="postgresql://nobody:x@127.0.0.1:1/none"
+    )
     app = create_service_app(ServiceDefinition(name="probe", settings=settings, routers=[]))
     async with app_client(app) as client:
         response = await client.get("/readyz")
@@ -75,12 +82,15 @@ async def test_readyz_is_503_when_the_database_is_unreachable(infra):
     assert "database" in response.json()["detail"]
 
 
-@pytest.mark.parametrize(("service", "foreign_table"), [
-    ("tickets", "analytics.daily_ticket_counts"),
-    ("analytics", "tickets.tickets"),
-    ("summarization", "identity.users"),
-    ("notifications", "tickets.outbox"),
-])
+@pytest.mark.parametrize(
+    ("service", "foreign_table"),
+    [
+        ("tickets", "analytics.daily_ticket_counts"),
+        ("analytics", "tickets.tickets"),
+        ("summarization", "identity.users"),
+        ("notifications", "tickets.outbox"),
+    ],
+)
 async def test_a_service_role_cannot_read_another_services_schema(infra, service, foreign_table):
     conn = await asyncpg.connect(plain_dsn(infra.database_url_for(service)))
     try:
@@ -105,7 +115,11 @@ async def test_dead_letters_endpoint_is_admin_only(infra):
     from services.analytics.settings import Settings
 
     async with app_client(create_app(settings_for(infra, Settings, "analytics"))) as client:
-        agent = await client.get("/api/v1/analytics/dead-letters", headers=auth_headers(infra, "x", ["agent"]))
-        admin = await client.get("/api/v1/analytics/dead-letters", headers=auth_headers(infra, "x", ["admin"]))
+        agent = await client.get(
+            "/api/v1/analytics/dead-letters", headers=auth_headers(infra, "x", ["agent"])
+        )
+        admin = await client.get(
+            "/api/v1/analytics/dead-letters", headers=auth_headers(infra, "x", ["admin"])
+        )
     assert agent.status_code == 403
     assert admin.status_code == 200 and admin.json() == {"items": [], "next_cursor": None}

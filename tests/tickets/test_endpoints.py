@@ -41,10 +41,14 @@ async def test_ticket_numbers_are_per_tenant_and_sequential(tickets, infra):
     tenant_a, tenant_b = unique_tenant(), unique_tenant()
     for expected in (1, 2, 3):
         response = await tickets.post(
-            "/api/v1/tickets", json={"subject": f"a{expected}"}, headers=auth_headers(infra, tenant_a, ["agent"])
+            "/api/v1/tickets",
+            json={"subject": f"a{expected}"},
+            headers=auth_headers(infra, tenant_a, ["agent"]),
         )
         assert response.json()["number"] == expected
-    response = await tickets.post("/api/v1/tickets", json={"subject": "b"}, headers=auth_headers(infra, tenant_b, ["agent"]))
+    response = await tickets.post(
+        "/api/v1/tickets", json={"subject": "b"}, headers=auth_headers(infra, tenant_b, ["agent"])
+    )
     assert response.json()["number"] == 1
 
 
@@ -60,8 +64,12 @@ async def test_concurrent_creates_get_distinct_numbers(tickets, infra):
 
 async def test_other_tenant_gets_404_for_a_ticket(tickets, infra):
     owner, other = unique_tenant(), unique_tenant()
-    created = await tickets.post("/api/v1/tickets", json={"subject": "leak?"}, headers=auth_headers(infra, owner, ["agent"]))
-    response = await tickets.get(f"/api/v1/tickets/{created.json()['id']}", headers=auth_headers(infra, other, ["admin"]))
+    created = await tickets.post(
+        "/api/v1/tickets", json={"subject": "leak?"}, headers=auth_headers(infra, owner, ["agent"])
+    )
+    response = await tickets.get(
+        f"/api/v1/tickets/{created.json()['id']}", headers=auth_headers(infra, other, ["admin"])
+    )
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     listing = await tickets.get("/api/v1/tickets", headers=auth_headers(infra, other, ["admin"]))
@@ -70,8 +78,16 @@ async def test_other_tenant_gets_404_for_a_ticket(tickets, infra):
 
 async def test_requester_sees_only_own_tickets(tickets, infra):
     tenant = unique_tenant()
-    mine = await tickets.post("/api/v1/tickets", json={"subject": "mine"}, headers=auth_headers(infra, tenant, ["requester"], "alice"))
-    theirs = await tickets.post("/api/v1/tickets", json={"subject": "theirs"}, headers=auth_headers(infra, tenant, ["requester"], "bob"))
+    mine = await tickets.post(
+        "/api/v1/tickets",
+        json={"subject": "mine"},
+        headers=auth_headers(infra, tenant, ["requester"], "alice"),
+    )
+    theirs = await tickets.post(
+        "/api/v1/tickets",
+        json={"subject": "theirs"},
+        headers=auth_headers(infra, tenant, ["requester"], "bob"),
+    )
     alice = auth_headers(infra, tenant, ["requester"], "alice")
     listing = await tickets.get("/api/v1/tickets", headers=alice)
     assert [t["subject"] for t in listing.json()["items"]] == ["mine"]
@@ -138,7 +154,9 @@ async def test_concurrent_requests_with_one_idempotency_key_create_one_ticket(ti
 )
 async def test_bad_ticket_input_is_a_422_problem_naming_the_field(tickets, infra, body, field):
     tenant = unique_tenant()
-    response = await tickets.post("/api/v1/tickets", json=body, headers=auth_headers(infra, tenant, ["agent"]))
+    response = await tickets.post(
+        "/api/v1/tickets", json=body, headers=auth_headers(infra, tenant, ["agent"])
+    )
     assert response.status_code == 422
     problem = response.json()
     assert response.headers["content-type"] == "application/problem+json"
@@ -167,9 +185,13 @@ async def test_bad_query_input_is_a_4xx_problem(tickets, infra, path, params, st
 
 async def test_wrong_content_type_and_malformed_json_are_4xx(tickets, infra):
     headers = auth_headers(infra, unique_tenant(), ["agent"])
-    form = await tickets.post("/api/v1/tickets", content=b"subject=x", headers=headers | {"Content-Type": "text/plain"})
+    form = await tickets.post(
+        "/api/v1/tickets", content=b"subject=x", headers=headers | {"Content-Type": "text/plain"}
+    )
     assert form.status_code == 422
-    broken = await tickets.post("/api/v1/tickets", content=b"{not json", headers=headers | {"Content-Type": "application/json"})
+    broken = await tickets.post(
+        "/api/v1/tickets", content=b"{not json", headers=headers | {"Content-Type": "application/json"}
+    )
     assert broken.status_code == 422
 
 
@@ -182,7 +204,9 @@ async def test_missing_or_bad_token_is_401(tickets):
 
 async def test_created_ticket_and_its_event_commit_together(tickets, infra):
     tenant = unique_tenant()
-    created = await tickets.post("/api/v1/tickets", json={"subject": "evt"}, headers=auth_headers(infra, tenant, ["agent"]))
+    created = await tickets.post(
+        "/api/v1/tickets", json={"subject": "evt"}, headers=auth_headers(infra, tenant, ["agent"])
+    )
     engine = create_async_engine(async_url(infra.admin_url))
     async with engine.connect() as conn:
         row = (

@@ -31,7 +31,10 @@ def upgrade() -> None:
         schema=SCHEMA,
     )
     op.create_index(
-        "ix_received_events_tenant_id_received_at", "received_events", ["tenant_id", "received_at"], schema=SCHEMA
+        "ix_received_events_tenant_id_received_at",
+        "received_events",
+        ["tenant_id", "received_at"],
+        schema=SCHEMA,
     )
     create_messaging_tables(SCHEMA)
 

@@ -37,14 +37,20 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_tickets"),
         schema=SCHEMA,
     )
-    op.create_index("uq_tickets_tenant_id_number", "tickets", ["tenant_id", "number"], unique=True, schema=SCHEMA)
     op.create_index(
-        "ix_tickets_tenant_id_created_at_id", "tickets",
-        ["tenant_id", sa.text("created_at DESC"), sa.text("id DESC")], schema=SCHEMA,
+        "uq_tickets_tenant_id_number", "tickets", ["tenant_id", "number"], unique=True, schema=SCHEMA
     )
     op.create_index(
-        "ix_tickets_tenant_id_requester_id_created_at_id", "tickets",
-        ["tenant_id", "requester_id", sa.text("created_at DESC"), sa.text("id DESC")], schema=SCHEMA,
+        "ix_tickets_tenant_id_created_at_id",
+        "tickets",
+        ["tenant_id", sa.text("created_at DESC"), sa.text("id DESC")],
+        schema=SCHEMA,
+    )
+    op.create_index(
+        "ix_tickets_tenant_id_requester_id_created_at_id",
+        "tickets",
+        ["tenant_id", "requester_id", sa.text("created_at DESC"), sa.text("id DESC")],
+        schema=SCHEMA,
     )
     op.create_table(
         "ticket_numbers",
