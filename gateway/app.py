@@ -1,0 +1,97 @@
+"""Gateway entrypoint: `uvicorn --factory gateway.app:create_app`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
+
+from gateway import auth, openapi, proxy
+from gateway.body_limit import BodySizeLimitMiddleware
+from gateway.settings import Settings
+from libs.common.auth import TokenVerifier
+from libs.common.db import create_engine, create_session_factory
+from libs.common.errors import install_problem_handlers
+from libs.common.health import health_router
+from libs.common.http import RequestIdMiddleware
+from libs.common.logging import configure_logging
+from libs.common.metrics import MetricsMiddleware, metrics_router
+
+log = structlog.get_logger()
+
+DESCRIPTION = """\
+The public API of the helpdesk platform. Every path except `/api/v1/auth/token` needs a bearer
+token; the gateway verifies it and forwards requests to the service that owns the path.
+Errors are RFC 9457 `application/problem+json` documents.
+"""
+CORS_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Accept",
+    "Accept-Language",
+    "If-Match",
+    "If-None-Match",
+    "Idempotency-Key",
+    "X-Request-ID",
+]
+CORS_EXPOSED_HEADERS = ["X-Request-ID", "ETag", "Location", "Retry-After", "Idempotent-Replayed"]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    upstreams = proxy.upstreams_from(settings)
+    proxies = [proxy.UpstreamProxy(upstream, settings) for upstream in upstreams]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = create_engine(settings)
+        app.state.session_factory = create_session_factory(app.state.engine)
+        try:
+            async with proxy.running(proxies):
+                log.info("service_started", service=settings.service_name)
+                yield
+                log.info("service_stopping", service=settings.service_name)
+        finally:
+            await app.state.engine.dispose()
+            log.info("service_stopped", service=settings.service_name)
+
+    app = FastAPI(
+        title="helpdesk API",
+        description=DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+        # Served by gateway.openapi: the merged document of all services.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.token_verifier = TokenVerifier(settings)
+    app.state.openapi = openapi.MergedOpenAPI(app, upstreams, settings.openapi_cache_s)
+    install_problem_handlers(app)
+    app.include_router(health_router)
+    app.include_router(metrics_router)
+    app.include_router(openapi.router)
+    app.include_router(auth.router)
+    app.router.routes.extend(proxy.proxy_routes(proxies))
+
+    # Added innermost first: a 413 still gets CORS headers, a request id and a metric.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_minimum_bytes, compresslevel=5)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=CORS_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
+    app.add_middleware(MetricsMiddleware, service=settings.service_name)
+    app.add_middleware(RequestIdMiddleware)
+    return app
