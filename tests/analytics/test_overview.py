@@ -1,0 +1,83 @@
+"""Analytics overview: counts from real ticket events, ranges, permissions, bad input."""
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from services.analytics.app import create_app as create_analytics
+from services.analytics.settings import Settings as AnalyticsSettings
+from services.tickets.app import create_app as create_tickets
+from services.tickets.settings import Settings as TicketSettings
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
+
+
+@pytest.fixture(scope="module")
+async def clients(infra):
+    async with (
+        app_client(create_tickets(settings_for(infra, TicketSettings, "tickets"))) as tickets,
+        app_client(create_analytics(settings_for(infra, AnalyticsSettings, "analytics"))) as analytics,
+    ):
+        yield tickets, analytics
+
+
+async def test_overview_counts_created_tickets_per_tenant_and_day(clients, infra):
+    tickets, analytics = clients
+    tenant, other = unique_tenant(), unique_tenant()
+    for _ in range(3):
+        await tickets.post(
+            "/api/v1/tickets", json={"subject": "누수"}, headers=auth_headers(infra, tenant, ["agent"])
+        )
+    await tickets.post(
+        "/api/v1/tickets", json={"subject": "other"}, headers=auth_headers(infra, other, ["agent"])
+    )
+    headers = auth_headers(infra, tenant, ["admin"])
+
+    async def three_counted():
+        body = (await analytics.get("/api/v1/analytics/overview", headers=headers)).json()
+        return body if body["tickets_created"] == 3 else None
+
+    body = await wait_until(three_counted)
+    today = datetime.now(UTC).date()
+    assert len(body["by_day"]) == 30
+    assert body["by_day"][-1] == {"date": today.isoformat(), "count": 3}
+    assert body["by_day"][0]["date"] == (today - timedelta(days=29)).isoformat()
+    assert sum(day["count"] for day in body["by_day"]) == 3
+
+
+async def test_overview_range_is_inclusive_and_filled_with_zero_days(clients, infra):
+    _, analytics = clients
+    headers = auth_headers(infra, unique_tenant(), ["agent"])
+    response = await analytics.get(
+        "/api/v1/analytics/overview", params={"from": "2026-01-30", "to": "2026-02-02"}, headers=headers
+    )
+    assert response.status_code == 200
+    assert response.json() == {
+        "tickets_created": 0,
+        "by_day": [{"date": str(date(2026, 1, 30) + timedelta(days=n)), "count": 0} for n in range(4)],
+    }
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"from": "2026-02-02", "to": "2026-01-01"}, 400),
+        ({"from": "2000-01-01", "to": "2026-01-01"}, 400),
+        ({"from": "yesterday"}, 422),
+        ({"to": "2026-13-01"}, 422),
+    ],
+)
+async def test_bad_ranges_are_problems(clients, infra, params, status):
+    _, analytics = clients
+    response = await analytics.get(
+        "/api/v1/analytics/overview", params=params, headers=auth_headers(infra, unique_tenant(), ["agent"])
+    )
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_requesters_cannot_see_dashboards(clients, infra):
+    _, analytics = clients
+    response = await analytics.get(
+        "/api/v1/analytics/overview", headers=auth_headers(infra, unique_tenant(), ["requester"])
+    )
+    assert response.status_code == 403
