@@ -54,6 +54,6 @@ WORKDIR /app
 USER 10001:10001
 EXPOSE 8080 8101 8102 8103 8104
 
-# Same flags as the local launcher (libs/common/launcher.py); exec so uvicorn is PID 1 and gets
+# Same entry as the local launcher (libs/common/serve.py: uvicorn + uvloop, graceful drain); exec so it is PID 1 and gets
 # SIGTERM directly for its graceful shutdown.
-CMD ["/bin/sh", "-c", "exec python -m uvicorn --factory \"$APP\" --host 0.0.0.0 --port \"$PORT\" --loop uvloop --http httptools --no-access-log --timeout-graceful-shutdown 20"]
+CMD ["/bin/sh", "-c", "exec python -m libs.common.serve \"$APP\" --host 0.0.0.0 --port \"$PORT\""]

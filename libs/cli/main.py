@@ -53,13 +53,19 @@ def admin_database_url(secrets_: Secrets) -> str:
 
 
 def role_passwords(secrets_: Secrets) -> dict[str, tuple[str, str]]:
-    """schema -> (role, password); `HELPDESK_<NAME>_DB_PASSWORD` overrides the generated one."""
+    """schema -> (role, password); `HELPDESK_<NAME>_DB_PASSWORD` overrides the generated one.
+
+    In production every password must come from the environment: a generated one would reset
+    a running service's role and lock it out.
+    """
+    production = CommonSettings().env == "production"
     result = {}
     for spec in STACK:
-        password = (
-            os.environ.get(f"HELPDESK_{spec.name.upper()}_DB_PASSWORD") or secrets_.role_passwords[spec.role]
-        )
-        result[spec.schema] = (spec.role, password)
+        variable = f"HELPDESK_{spec.name.upper()}_DB_PASSWORD"
+        password = os.environ.get(variable)
+        if not password and production:
+            raise SystemExit(f"helpdesk migrate: {variable} must be set in production")
+        result[spec.schema] = (spec.role, password or secrets_.role_passwords[spec.role])
     return result
 
 
