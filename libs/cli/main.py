@@ -58,7 +58,7 @@ def role_passwords(secrets_: Secrets) -> dict[str, tuple[str, str]]:
     In production every password must come from the environment: a generated one would reset
     a running service's role and lock it out.
     """
-    production = CommonSettings().env == "production"
+    production = os.environ.get("HELPDESK_ENV") == "production"
     result = {}
     for spec in STACK:
         variable = f"HELPDESK_{spec.name.upper()}_DB_PASSWORD"
