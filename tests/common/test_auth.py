@@ -13,7 +13,7 @@ from libs.common.auth import TokenVerifier, issue_token
 from libs.common.errors import ProblemError
 from libs.common.settings import CommonSettings
 
-SECRET = "unit-test-secret-that-is-long-enough-0123456789"
+SECRET = "unit-test-secret-that-is-long-enough-for-every-hmac-size-0123456789abcdef"
 
 
 def settings(**overrides) -> CommonSettings:

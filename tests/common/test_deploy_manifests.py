@@ -385,16 +385,18 @@ def _renderer() -> list[str] | None:
     return None
 
 
-@pytest.fixture(scope="module", params=["dev", "production"])
-def rendered(request: pytest.FixtureRequest) -> tuple[str, list[Any]]:
+def render(overlay: str) -> list[Any]:
     command = _renderer()
     if command is None:
         pytest.skip("neither kustomize nor kubectl is installed")
-    result = subprocess.run(
-        [*command, str(OVERLAYS / request.param)], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([*command, str(OVERLAYS / overlay)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    return request.param, [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+
+
+@pytest.fixture(scope="module", params=["dev", "production"])
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[Any]]:
+    return request.param, render(request.param)
 
 
 def test_rendered_overlay_passes_every_platform_check(rendered: tuple[str, list[Any]]) -> None:
@@ -406,10 +408,8 @@ def test_rendered_overlay_passes_every_platform_check(rendered: tuple[str, list[
             assert doc["metadata"].get("namespace") == "helpdesk", f"{doc['kind']} {doc['metadata']['name']}"
 
 
-def test_rendered_production_has_two_replicas_and_settings(rendered: tuple[str, list[Any]]) -> None:
-    overlay, docs = rendered
-    if overlay != "production":
-        pytest.skip("production only")
+def test_rendered_production_has_two_replicas_and_settings() -> None:
+    docs = render("production")
     config = objects(docs, "ConfigMap")["helpdesk-config"]["data"]
     assert config["HELPDESK_ENV"] == "production"
     assert config["HELPDESK_NATS_STREAM_REPLICAS"] == "3"
@@ -503,15 +503,8 @@ def test_dockerfile_is_multi_stage_locked_and_non_root() -> None:
     users = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
     command = re.findall(r"^CMD .*$", dockerfile, re.M)[-1]
-    for flag in (
-        "--factory",
-        "$APP",
-        "$PORT",
-        "--loop uvloop",
-        "--http httptools",
-        "--no-access-log",
-        "--timeout-graceful-shutdown 20",
-    ):
+    # The same serve entry as the local launcher (uvloop, httptools, graceful drain, exit 0).
+    for flag in ("python -m libs.common.serve", "$APP", "$PORT", "--host 0.0.0.0"):
         assert flag in command
 
 
