@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import aiohttp
+import jwt
 import structlog
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -94,11 +96,46 @@ def _has_dot_segment(path: str) -> bool:
     return "/." in path and any(segment in (".", "..") for segment in path.split("/"))
 
 
+class VerifiedTokenCache:
+    """Identity headers of recently verified bearer tokens.
+
+    Decoding and checking a JWT costs more than the rest of the proxy path together, and a
+    client sends the same token with every request. A result is kept until the token expires,
+    and at most `max_age_s`, so a key removed from the JWKS stops being honoured soon. Only
+    tokens that passed verification are stored.
+    """
+
+    def __init__(self, verifier: TokenVerifier, max_entries: int = 10_000, max_age_s: float = 60.0) -> None:
+        self.verifier = verifier
+        self.max_entries = max_entries
+        self.max_age_s = max_age_s
+        self._entries: dict[str, tuple[float, tuple[tuple[str, str], ...]]] = {}
+
+    async def identity_headers(self, token: str) -> tuple[tuple[str, str], ...]:
+        """`X-Tenant-Id`, `X-User-Id` and `X-User-Roles` for a valid token; a 401 ProblemError otherwise."""
+        now = time.time()
+        entry = self._entries.get(token)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        identity = await self.verifier.verify_async(token)
+        expires_at = jwt.decode(token, options={"verify_signature": False})["exp"]
+        headers = (
+            ("x-tenant-id", identity.tenant),
+            ("x-user-id", identity.user_id),
+            ("x-user-roles", ",".join(sorted(identity.roles))),
+        )
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[token] = (min(expires_at, now + self.max_age_s), headers)
+        return headers
+
+
 class UpstreamProxy:
     """ASGI app forwarding one public prefix to one service over a pooled keep-alive session."""
 
-    def __init__(self, upstream: Upstream, settings: Settings) -> None:
+    def __init__(self, upstream: Upstream, settings: Settings, tokens: VerifiedTokenCache) -> None:
         self.upstream = upstream
+        self.tokens = tokens
         self.base_url = upstream.url.rstrip("/")
         self.settings = settings
         self.session: aiohttp.ClientSession | None = None
@@ -157,9 +194,8 @@ class UpstreamProxy:
         if token is None:
             await _missing_token()(scope, receive, send)
             return
-        verifier: TokenVerifier = scope["app"].state.token_verifier
         try:
-            identity = await verifier.verify_async(token)
+            identity_headers = await self.tokens.identity_headers(token)
         except ProblemError as exc:
             await problem_response(exc.status, exc.title, exc.detail, type_=exc.type, headers=exc.headers)(
                 scope, receive, send
@@ -174,9 +210,7 @@ class UpstreamProxy:
         if client:
             previous = forwarded_for.decode("latin-1") + ", " if forwarded_for else ""
             headers.append(("x-forwarded-for", previous + client[0]))
-        headers.append(("x-tenant-id", identity.tenant))
-        headers.append(("x-user-id", identity.user_id))
-        headers.append(("x-user-roles", ",".join(sorted(identity.roles))))
+        headers.extend(identity_headers)
         request_id = scope.get("state", {}).get("request_id")
         if request_id:
             headers.append(("x-request-id", request_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -13,7 +14,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import Infra, auth_headers, make_token
+from gateway.proxy import VerifiedTokenCache
+from gateway.settings import Settings
+from libs.common.auth import TokenVerifier
+from libs.common.errors import ProblemError
+from tests.conftest import Infra, auth_headers, make_token, settings_for
 from tests.gateway.conftest import UPSTREAM_TIMEOUT_S, EchoUpstream, Gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -217,3 +222,16 @@ async def test_dot_segments_are_refused(gateway: Gateway, infra: Infra, echo_ups
     )
     assert response.status_code in (400, 404)
     assert echo_upstream.hits == hits_before
+
+
+async def test_verified_token_cache_never_outlives_the_token(infra: Infra) -> None:
+    settings = settings_for(infra, Settings, "gateway", jwt_leeway_s=0)
+    cache = VerifiedTokenCache(TokenVerifier(settings))
+    token = make_token(infra, "acme", ["agent"], user_id="u-9", ttl_s=1)
+    expected = (("x-tenant-id", "acme"), ("x-user-id", "u-9"), ("x-user-roles", "agent"))
+    assert await cache.identity_headers(token) == expected
+    assert await cache.identity_headers(token) == expected
+    await asyncio.sleep(2.1)
+    with pytest.raises(ProblemError) as raised:
+        await cache.identity_headers(token)
+    assert raised.value.status == 401
