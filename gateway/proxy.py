@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import aiohttp
 import jwt
 import structlog
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from yarl import URL
@@ -69,7 +71,7 @@ def upstreams_from(settings: Settings) -> list[Upstream]:
     ]
 
 
-def _missing_token():
+def _missing_token() -> JSONResponse:
     return problem_response(
         401, "Unauthorized", "missing bearer token", headers={"WWW-Authenticate": "Bearer"}
     )
@@ -225,7 +227,7 @@ class UpstreamProxy:
         if first["type"] == "http.disconnect":
             return
         body = first.get("body", b"")
-        data: bytes | object | None
+        data: bytes | AsyncIterator[bytes] | None
         if first.get("more_body", False):
             data = body_state.stream(body, receive)
         else:
@@ -241,7 +243,7 @@ class UpstreamProxy:
         send: Send,
         url: str,
         headers: list[tuple[str, str]],
-        data,
+        data: bytes | AsyncIterator[bytes] | None,
         body_state: _RequestBody,
     ) -> None:
         assert self.session is not None, "proxy used outside the app lifespan"
@@ -345,7 +347,7 @@ class _RequestBody:
         self.complete = False
         self.too_large: BodyTooLargeError | None = None
 
-    async def stream(self, first: bytes, receive: Receive):
+    async def stream(self, first: bytes, receive: Receive) -> AsyncIterator[bytes]:
         if first:
             yield first
         while True:
@@ -383,7 +385,7 @@ def proxy_routes(proxies: list[UpstreamProxy]) -> list[Route]:
 
 
 @contextlib.asynccontextmanager
-async def running(proxies: list[UpstreamProxy]):
+async def running(proxies: list[UpstreamProxy]) -> AsyncIterator[None]:
     """Open every upstream session for the app's lifetime."""
     for proxy in proxies:
         await proxy.start()
