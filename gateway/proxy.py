@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import aiohttp
-import jwt
 import structlog
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -120,7 +119,7 @@ class VerifiedTokenCache:
         if entry is not None and entry[0] > now:
             return entry[1]
         identity = await self.verifier.verify_async(token)
-        expires_at = jwt.decode(token, options={"verify_signature": False})["exp"]
+        expires_at = identity.expires_at
         headers = (
             ("x-tenant-id", identity.tenant),
             ("x-user-id", identity.user_id),

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -105,22 +104,16 @@ async def _user_exists(admin_url: str, email: str) -> bool:
         await conn.close()
 
 
-def demo_passwords(secrets_path: Path) -> dict[str, str]:
-    """HELPDESK_DEMO_PASSWORD for all three, else generated once and kept with the other secrets."""
-    shared = os.environ.get("HELPDESK_DEMO_PASSWORD")
-    if shared:
-        return {role: shared for role in ("admin", "agent", "requester")}
-    data = json.loads(secrets_path.read_text())
-    if "demo_password" not in data:
-        data["demo_password"] = secrets.token_urlsafe(12)
-        secrets_path.write_text(json.dumps(data, indent=2))
-    return {role: data["demo_password"] for role in ("admin", "agent", "requester")}
+def demo_passwords(secrets_: Secrets) -> dict[str, str]:
+    """HELPDESK_DEMO_PASSWORD for all three, else the one generated once with the other secrets."""
+    password = os.environ.get("HELPDESK_DEMO_PASSWORD") or secrets_.demo_password
+    return {role: password for role in ("admin", "agent", "requester")}
 
 
-def seed_demo(stack: Stack, admin_url: str, secrets_path: Path) -> dict:
+def seed_demo(stack: Stack, admin_url: str, secrets_: Secrets) -> dict:
     from libs.cli.demo import DEMO_TENANT, DEMO_USERS, seed_demo_tickets
 
-    passwords = demo_passwords(secrets_path)
+    passwords = demo_passwords(secrets_)
     users = {role: {"email": email, "password": passwords[role]} for role, email in DEMO_USERS.items()}
     if asyncio.run(_user_exists(admin_url, DEMO_USERS["admin"])):
         print("demo tenant already seeded")
@@ -185,7 +178,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             wait_ready(service)
         description = stack.describe()
         if args.demo:
-            description["demo"] = seed_demo(stack, stack.database_url, secrets_path)
+            description["demo"] = seed_demo(stack, stack.database_url, secrets_)
         (data_dir / "stack.json").write_text(json.dumps(description, indent=2))
         print_banner(description, data_dir)
         while not stopping.is_set():

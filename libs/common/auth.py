@@ -26,6 +26,7 @@ class Identity:
     tenant: str
     user_id: str
     roles: frozenset[str]
+    expires_at: float = 0.0
 
     def has_any(self, *roles: str) -> bool:
         return bool(self.roles.intersection(roles))
@@ -56,6 +57,13 @@ class TokenVerifier:
         self.audience = settings.jwt_audience
         self.leeway = settings.jwt_leeway_s
         self.max_bytes = settings.jwt_max_token_bytes
+        # Decoding a JWT costs more than the rest of a cached request path; a client sends the
+        # same token every time. Only verified tokens are kept, until they expire and at most
+        # a minute (so a key removed from the JWKS stops being honoured soon).
+        self._verified: dict[str, Identity] = {}
+        self._verified_until: dict[str, float] = {}
+        self.cache_max_entries = 10_000
+        self.cache_max_age_s = 60.0
 
     def _key_for(self, token: str, algorithm: str) -> Any:
         # The key follows the algorithm family, so an HS256 token "signed" with our public key
@@ -72,6 +80,19 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Identity:
         """Decode and validate a token; any failure is a 401 problem."""
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is not None and self._verified_until[token] > now:
+            return cached
+        identity = self._decode(token)
+        if len(self._verified) >= self.cache_max_entries:
+            self._verified.clear()
+            self._verified_until.clear()
+        self._verified[token] = identity
+        self._verified_until[token] = min(identity.expires_at, now + self.cache_max_age_s)
+        return identity
+
+    def _decode(self, token: str) -> Identity:
         if len(token) > self.max_bytes:
             raise _unauthorized("token too large")
         try:
@@ -101,11 +122,13 @@ class TokenVerifier:
             raise _unauthorized("invalid roles claim")
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise _unauthorized("invalid subject claim")
-        return Identity(tenant=tenant, user_id=claims["sub"], roles=frozenset(roles))
+        return Identity(
+            tenant=tenant, user_id=claims["sub"], roles=frozenset(roles), expires_at=float(claims["exp"])
+        )
 
     async def verify_async(self, token: str) -> Identity:
         # JWKS lookups may touch the network; keep them off the event loop.
-        if self.jwks is not None:
+        if self.jwks is not None and token not in self._verified:
             return await asyncio.to_thread(self.verify, token)
         return self.verify(token)
 

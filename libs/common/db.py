@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.sql.base import Executable
 
 from libs.common.settings import CommonSettings
 
@@ -31,12 +33,20 @@ def async_url(url: str) -> str:
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
+    if "sslmode" in parsed.query:  # libpq's name; asyncpg's connect() calls it `ssl`
+        parsed = parsed.update_query_dict({"ssl": parsed.query["sslmode"]}).difference_update_query(
+            ["sslmode"]
+        )
     return parsed.render_as_string(hide_password=False)
 
 
 def plain_dsn(url: str) -> str:
     """libpq-style DSN for raw asyncpg connections (LISTEN, admin tasks)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    parsed = make_url(url).set(drivername="postgresql")
+    if "ssl" in parsed.query:
+        ssl = parsed.query["ssl"]
+        parsed = parsed.difference_update_query(["ssl"]).update_query_dict({"sslmode": ssl})
+    return parsed.render_as_string(hide_password=False)
 
 
 def create_engine(settings: CommonSettings, **overrides: Any) -> AsyncEngine:
@@ -73,3 +83,44 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+# SQL text and parameter order of each prepared Core statement, compiled on first use.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def fetch_all(session: AsyncSession, statement: Executable, **params: Any) -> list[dict[str, Any]]:
+    """Run a prepared Core SELECT in the session's transaction; rows come back as plain dicts.
+
+    `statement` is built once (module level, or cached per filter shape) with named
+    `bindparam()`s, and `params` fill them. SQLAlchemy compiles it once; asyncpg runs it and
+    hands back records directly. For hot read paths: building the statement and SQLAlchemy's
+    result layer cost ~1.5 ms of CPU per 50-row page here, several times the query itself.
+    Only for columns that need no result processing (plain PostgreSQL types).
+    """
+    conn = await session.connection()
+    entry = _COMPILED.get(statement)
+    if entry is None:
+        compiled = statement.compile(dialect=conn.dialect)
+        if "POSTCOMPILE" in compiled.string:
+            raise ValueError("fetch_all does not expand IN lists; compare with any_(array) instead")
+        entry = (compiled.string, compiled.positiontup or [], compiled.binds)
+        _COMPILED[statement] = entry
+    sql, positions, binds = entry
+    arguments = [params[name] if name in params else binds[name].value for name in positions]
+    raw = (await conn.get_raw_connection()).driver_connection
+    records = await raw.fetch(sql, *arguments)
+    if not records:
+        return []
+    keys = list(records[0].keys())
+    return [dict(zip(keys, record, strict=True)) for record in records]
+
+
+def rows_as_dicts(result: Any) -> list[dict[str, Any]]:
+    """Rows of a Core result as plain dicts, cheap to serialise.
+
+    Column keys come back as SQLAlchemy's `quoted_name` (a str subclass) which JSON encoders
+    handle on a slow path; plain `str` keys made list responses ~10x cheaper to serialise.
+    """
+    keys = [str(key) for key in result.keys()]  # noqa: SIM118 (a Result, not a dict)
+    return [dict(zip(keys, row, strict=True)) for row in result]

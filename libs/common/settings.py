@@ -24,10 +24,13 @@ class CommonSettings(BaseSettings):
         default="postgresql+asyncpg://postgres@127.0.0.1:55432/helpdesk",
         validation_alias=AliasChoices("DATABASE_URL", "HELPDESK_DATABASE_URL"),
     )
-    db_pool_size: int = Field(default=10, ge=1, le=200)
-    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    # Sized for ~32 concurrent requests per process: connections opened beyond the pool are
+    # closed again after use, and that churn (connect + auth per request) is costly.
+    db_pool_size: int = Field(default=20, ge=1, le=200)
+    db_max_overflow: int = Field(default=20, ge=0, le=200)
     db_pool_recycle_s: int = Field(default=1800, ge=30)
-    db_pool_pre_ping: bool = True
+    # Off by default: a round trip per checkout; recycle and reconnect-on-error cover stale connections.
+    db_pool_pre_ping: bool = False
     db_statement_timeout_ms: int = Field(default=30_000, ge=100)
 
     nats_url: str = Field(

@@ -6,8 +6,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Response, status
-from fastapi.encoders import jsonable_encoder
+from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
 
 from libs.common.auth import IdentityDep
@@ -15,6 +14,7 @@ from libs.common.db import SessionDep
 from libs.common.errors import ProblemError
 from libs.common.idempotency import IdempotencyKeyHeader, claim_key, request_fingerprint, store_response
 from libs.common.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from libs.common.responses import FastJSONResponse, jsonable
 from services.tickets import service
 from services.tickets.models import idempotency_keys
 from services.tickets.schemas import TicketCreate, TicketRead
@@ -46,22 +46,20 @@ async def create_ticket(
                 headers={"Idempotent-Replayed": "true", "Location": f"/api/v1/tickets/{stored.body['id']}"},
             )
     ticket = await service.create_ticket(session, identity, data)
-    body = jsonable_encoder(TicketRead.model_validate(ticket))
     if idempotency_key:
-        await store_response(session, idempotency_keys, identity.tenant, idempotency_key, 201, body)
-    return JSONResponse(
-        body, status_code=201, headers={"Location": f"/api/v1/tickets/{ticket['id']}", "ETag": etag(ticket)}
+        await store_response(
+            session, idempotency_keys, identity.tenant, idempotency_key, 201, jsonable(ticket)
+        )
+    return FastJSONResponse(
+        ticket, status_code=201, headers={"Location": f"/api/v1/tickets/{ticket['id']}", "ETag": etag(ticket)}
     )
 
 
 @router.get("/{ticket_id}", response_model=TicketRead)
-async def get_ticket(
-    ticket_id: UUID, session: SessionDep, identity: IdentityDep, response: Response
-) -> dict[str, Any]:
+async def get_ticket(ticket_id: UUID, session: SessionDep, identity: IdentityDep) -> FastJSONResponse:
     """One ticket of the caller's tenant (requesters: only their own)."""
     ticket = await service.get_ticket(session, identity, ticket_id)
-    response.headers["ETag"] = etag(ticket)
-    return ticket
+    return FastJSONResponse(ticket, headers={"ETag": etag(ticket)})
 
 
 def _parse_cursor(cursor: str) -> tuple[datetime, UUID]:
@@ -78,7 +76,7 @@ async def list_tickets(
     identity: IdentityDep,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     """Tickets of the caller's tenant, newest first, cursor-paginated."""
     after = _parse_cursor(cursor) if cursor else None
     rows = await service.list_tickets(session, identity, limit=limit, after=after)
@@ -87,4 +85,4 @@ async def list_tickets(
         rows = rows[:limit]
         last = rows[-1]
         next_cursor = encode_cursor([last["created_at"].isoformat(), str(last["id"])])
-    return {"items": rows, "next_cursor": next_cursor}
+    return FastJSONResponse({"items": rows, "next_cursor": next_cursor})

@@ -6,10 +6,11 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import and_, insert, select, tuple_
+from sqlalchemy import Select, and_, bindparam, insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.common.db import fetch_all, rows_as_dicts
 from services.tickets.models import ticket_numbers, tickets
 
 TICKET_COLUMNS = [
@@ -28,7 +29,14 @@ TICKET_COLUMNS = [
 ]
 
 
-async def next_ticket_number(session: AsyncSession, tenant_id: str) -> int:
+async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
+    """The tenant's next ticket number, taken like a sequence's nextval().
+
+    It runs as its own single-statement (autocommit) transaction, so the tenant's counter row
+    is locked only inside that statement, not until the create commits: creates of one tenant
+    no longer queue behind each other. Like a sequence, a create that fails afterwards leaves
+    a gap; numbers stay unique and increasing.
+    """
     statement = (
         pg_insert(ticket_numbers)
         .values(tenant_id=tenant_id, last_number=1)
@@ -38,22 +46,51 @@ async def next_ticket_number(session: AsyncSession, tenant_id: str) -> int:
         )
         .returning(ticket_numbers.c.last_number)
     )
-    return await session.scalar(statement)
+    async with session.bind.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return await autocommit.scalar(statement)
 
 
 async def insert_ticket(session: AsyncSession, values: dict[str, Any]) -> dict[str, Any]:
-    row = (await session.execute(insert(tickets).values(**values).returning(*TICKET_COLUMNS))).one()
-    return dict(row._mapping)
+    conn = await session.connection()
+    return rows_as_dicts(await conn.execute(insert(tickets).values(**values).returning(*TICKET_COLUMNS)))[0]
+
+
+def _ticket_query(*, own_only: bool, after_cursor: bool = False, by_id: bool = False) -> Select:
+    """A prepared SELECT of tickets; one statement object per shape (see fetch_all)."""
+    conditions = [tickets.c.tenant_id == bindparam("tenant_id")]
+    if by_id:
+        conditions.append(tickets.c.id == bindparam("ticket_id"))
+    if own_only:
+        conditions.append(tickets.c.requester_id == bindparam("requester_id"))
+    if after_cursor:
+        conditions.append(
+            tuple_(tickets.c.created_at, tickets.c.id)
+            < tuple_(bindparam("after_created_at"), bindparam("after_id"))
+        )
+    query = select(*TICKET_COLUMNS).where(and_(*conditions))
+    if by_id:
+        return query
+    return query.order_by(tickets.c.created_at.desc(), tickets.c.id.desc()).limit(bindparam("limit"))
+
+
+_QUERIES = {
+    (own_only, after_cursor, by_id): _ticket_query(own_only=own_only, after_cursor=after_cursor, by_id=by_id)
+    for own_only in (False, True)
+    for after_cursor in (False, True)
+    for by_id in (False, True)
+    if not (by_id and after_cursor)
+}
 
 
 async def get_ticket(
     session: AsyncSession, tenant_id: str, ticket_id: UUID, requester_id: str | None = None
 ) -> dict[str, Any] | None:
-    query = select(*TICKET_COLUMNS).where(tickets.c.tenant_id == tenant_id, tickets.c.id == ticket_id)
-    if requester_id is not None:
-        query = query.where(tickets.c.requester_id == requester_id)
-    row = (await session.execute(query)).first()
-    return dict(row._mapping) if row else None
+    query = _QUERIES[(requester_id is not None, False, True)]
+    rows = await fetch_all(
+        session, query, tenant_id=tenant_id, ticket_id=ticket_id, requester_id=requester_id
+    )
+    return rows[0] if rows else None
 
 
 async def list_tickets(
@@ -65,15 +102,14 @@ async def list_tickets(
     requester_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Newest first, keyset-paginated on (created_at, id); fetches limit + 1 to detect more."""
-    conditions = [tickets.c.tenant_id == tenant_id]
-    if requester_id is not None:
-        conditions.append(tickets.c.requester_id == requester_id)
-    if after is not None:
-        conditions.append(tuple_(tickets.c.created_at, tickets.c.id) < tuple_(*after))
-    query = (
-        select(*TICKET_COLUMNS)
-        .where(and_(*conditions))
-        .order_by(tickets.c.created_at.desc(), tickets.c.id.desc())
-        .limit(limit + 1)
+    query = _QUERIES[(requester_id is not None, after is not None, False)]
+    after_created_at, after_id = after or (None, None)
+    return await fetch_all(
+        session,
+        query,
+        tenant_id=tenant_id,
+        requester_id=requester_id,
+        limit=limit + 1,
+        after_created_at=after_created_at,
+        after_id=after_id,
     )
-    return [dict(row._mapping) for row in await session.execute(query)]

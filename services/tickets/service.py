@@ -31,7 +31,7 @@ async def create_ticket(session: AsyncSession, identity: Identity, data: TicketC
         {
             "id": new_id(),
             "tenant_id": identity.tenant,
-            "number": await repository.next_ticket_number(session, identity.tenant),
+            "number": await repository.allocate_ticket_number(session, identity.tenant),
             "subject": data.subject,
             "description": data.description,
             "status": "open",
