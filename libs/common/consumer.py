@@ -126,35 +126,49 @@ class ConsumerRunner:
     async def ack(self, msg: Msg) -> None:
         await msg.ack()
 
+    async def handle_batch(self, messages: list[Msg]) -> None:
+        """Handle one fetch: all events in one transaction, then ack them all.
+
+        One commit per batch instead of per event keeps consumers cheap under load. If any
+        handler fails, the transaction rolls back and the batch is handled again one event at
+        a time, so only the failing event is retried or dead-lettered.
+        """
+        events = [(msg, event) for msg in messages if (event := await self._parse(msg)) is not None]
+        if len(events) > 1:
+            heartbeat = asyncio.create_task(self._keep_in_progress(*[msg for msg, _ in events]))  # noqa: RUF006
+            try:
+                async with self.session_factory() as session, session.begin():
+                    fresh = await self._record_in_inbox(session, events)
+                    for msg, event in events:
+                        if event.id in fresh:
+                            await self._run_handler(session, msg, event)
+            except Exception as exc:
+                log.info("event_batch_failed_handling_one_by_one", error=repr(exc), size=len(events))
+            else:
+                for msg, event in events:
+                    await self._acknowledge(msg, duplicate=event.id not in fresh)
+                return
+            finally:
+                heartbeat.cancel()
+        for msg, event in events:
+            await self.handle_event(msg, event)
+
     async def handle_message(self, msg: Msg) -> None:
+        event = await self._parse(msg)
+        if event is not None:
+            await self.handle_event(msg, event)
+
+    async def handle_event(self, msg: Msg, event: CloudEvent) -> None:
+        """One event in its own transaction; on failure nak with backoff or dead-letter."""
         deliveries = msg.metadata.num_delivered
-        try:
-            event = CloudEvent.model_validate_json(msg.data)
-        except ValidationError as exc:
-            await self._dead_letter_and_term(msg, None, f"invalid CloudEvent envelope: {exc}", deliveries)
-            return
-        key = ".".join(msg.subject.split(".")[2:])
-        handler = self.subscription.handlers.get(key)
-        structlog.contextvars.bind_contextvars(
-            event_id=str(event.id), correlation_id=event.correlationid, tenant=event.tenant
-        )
         heartbeat = asyncio.create_task(self._keep_in_progress(msg))
         try:
             async with self.session_factory() as session, session.begin():
-                first_time = await session.scalar(
-                    pg_insert(self.inbox)
-                    .values(event_id=event.id, subject=msg.subject)
-                    .on_conflict_do_nothing()
-                    .returning(self.inbox.c.event_id)
-                )
-                if first_time is not None and handler is not None:
-                    await handler(session, event)
+                fresh = await self._record_in_inbox(session, [(msg, event)])
+                if fresh:
+                    await self._run_handler(session, msg, event)
             heartbeat.cancel()
-            if first_time is None:
-                EVENTS_DUPLICATE.labels(self.service, self.stream).inc()
-                log.info("event_duplicate_skipped", subject=msg.subject)
-            await self.ack(msg)
-            EVENTS_CONSUMED.labels(self.service, self.stream).inc()
+            await self._acknowledge(msg, duplicate=not fresh)
         except Exception as exc:
             heartbeat.cancel()
             EVENTS_FAILED.labels(self.service, self.stream).inc()
@@ -163,17 +177,59 @@ class ConsumerRunner:
             else:
                 backoff = self.settings.consumer_backoff_s
                 delay = backoff[min(deliveries - 1, len(backoff) - 1)]
-                log.warning("event_handler_failed", error=repr(exc), deliveries=deliveries, retry_in_s=delay)
+                log.warning(
+                    "event_handler_failed",
+                    error=repr(exc),
+                    event_id=str(event.id),
+                    deliveries=deliveries,
+                    retry_in_s=delay,
+                )
                 await msg.nak(delay=delay)
+
+    async def _parse(self, msg: Msg) -> CloudEvent | None:
+        try:
+            return CloudEvent.model_validate_json(msg.data)
+        except ValidationError as exc:
+            deliveries = msg.metadata.num_delivered
+            await self._dead_letter_and_term(msg, None, f"invalid CloudEvent envelope: {exc}", deliveries)
+            return None
+
+    async def _record_in_inbox(self, session: AsyncSession, events: list[tuple[Msg, CloudEvent]]) -> set:
+        """Insert the event ids; returns those not seen before (the others are redeliveries)."""
+        inserted = await session.scalars(
+            pg_insert(self.inbox)
+            .values([{"event_id": event.id, "subject": msg.subject} for msg, event in events])
+            .on_conflict_do_nothing()
+            .returning(self.inbox.c.event_id)
+        )
+        return set(inserted)
+
+    async def _run_handler(self, session: AsyncSession, msg: Msg, event: CloudEvent) -> None:
+        handler = self.subscription.handlers.get(".".join(msg.subject.split(".")[2:]))
+        if handler is None:
+            return
+        structlog.contextvars.bind_contextvars(
+            event_id=str(event.id), correlation_id=event.correlationid, tenant=event.tenant
+        )
+        try:
+            await handler(session, event)
         finally:
             structlog.contextvars.unbind_contextvars("event_id", "correlation_id", "tenant")
 
-    async def _keep_in_progress(self, msg: Msg) -> None:
+    async def _acknowledge(self, msg: Msg, *, duplicate: bool) -> None:
+        if duplicate:
+            EVENTS_DUPLICATE.labels(self.service, self.stream).inc()
+            log.info("event_duplicate_skipped", subject=msg.subject)
+        await self.ack(msg)
+        EVENTS_CONSUMED.labels(self.service, self.stream).inc()
+
+    async def _keep_in_progress(self, *messages: Msg) -> None:
         """Long handlers tell the server they are alive so it does not redeliver meanwhile."""
         interval = max(self.settings.consumer_ack_wait_s / 3, 0.5)
         while True:
             await asyncio.sleep(interval)
-            await msg.in_progress()
+            for msg in messages:
+                await msg.in_progress()
 
     async def _dead_letter_and_term(
         self, msg: Msg, event: CloudEvent | None, error: str, deliveries: int
@@ -218,8 +274,10 @@ class ConsumerRunner:
                     messages = await subscription.fetch(self.settings.consumer_batch_size, timeout=1.0)
                 except (TimeoutError, NatsTimeoutError):
                     continue
-                for msg in messages:
-                    await self.handle_message(msg)
+                await self.handle_batch(messages)
+                if len(messages) < self.settings.consumer_batch_size and self.settings.consumer_linger_s:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=self.settings.consumer_linger_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

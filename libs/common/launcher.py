@@ -392,7 +392,16 @@ def start_service(
     log_file = open(log_dir / f"{spec.name}.log", "ab") if log_dir else contextlib.nullcontext()  # noqa: SIM115
     with log_file as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "libs.common.serve", spec.app_factory, "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "libs.common.serve",
+                spec.app_factory,
+                "--port",
+                str(port),
+                "--workers",
+                env.get(spec.workers_env, str(spec.workers)),
+            ],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT if output else None,

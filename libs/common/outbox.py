@@ -68,13 +68,15 @@ def notify_channel(schema: str) -> str:
 
 async def record_event(session: AsyncSession, outbox: Table, subject: str, event: CloudEvent) -> None:
     """Add an event to the outbox in the caller's transaction (never publishes directly)."""
-    await session.execute(
-        insert(outbox).values(
-            event_id=event.id,
-            subject=subject,
-            aggregate_id=event.subject,
-            payload=event.model_dump(mode="json"),
-        )
+    conn = await session.connection()
+    await conn.execute(
+        insert(outbox),
+        {
+            "event_id": event.id,
+            "subject": subject,
+            "aggregate_id": event.subject,
+            "payload": event.model_dump(mode="json"),
+        },
     )
 
 
@@ -95,6 +97,7 @@ class OutboxRelay:
         self.lock_key = zlib.crc32(f"helpdesk-outbox:{self.schema}".encode())
         self.wakeup = asyncio.Event()
         self._last_cleanup = datetime.min.replace(tzinfo=UTC)
+        self._last_housekeeping = datetime.min.replace(tzinfo=UTC)
 
     async def publish(self, row: Row) -> None:
         """Publish one row and wait for the JetStream ack (raises on failure)."""
@@ -142,12 +145,16 @@ class OutboxRelay:
         return len(published)
 
     async def _update_backlog_and_cleanup(self) -> None:
+        """Every few seconds: the backlog gauge, and deleting long-published rows."""
+        now = datetime.now(UTC)
+        if now - self._last_housekeeping < timedelta(seconds=5):
+            return
+        self._last_housekeeping = now
         async with self.engine.connect() as conn, conn.begin():
             backlog = await conn.scalar(
                 select(func.count()).select_from(self.outbox).where(self.outbox.c.published_at.is_(None))
             )
             OUTBOX_BACKLOG.labels(self.service).set(backlog or 0)
-            now = datetime.now(UTC)
             if now - self._last_cleanup > timedelta(minutes=10):
                 self._last_cleanup = now
                 await conn.execute(
@@ -193,6 +200,8 @@ class OutboxRelay:
                         await asyncio.wait_for(
                             self._wait_for_wakeup(stop), timeout=self.settings.outbox_poll_interval_s
                         )
+                    if self.settings.outbox_linger_s and not stop.is_set():
+                        await asyncio.sleep(self.settings.outbox_linger_s)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

@@ -11,6 +11,7 @@ import signal
 import sys
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 
 def _after_drain(signum: int, frame: object) -> None:
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--graceful-timeout", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _after_drain)
     signal.signal(signal.SIGINT, _after_drain)
@@ -38,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(args.graceful_timeout),
         lifespan="on",
+        workers=args.workers,
     )
+    if args.workers > 1:
+        # uvicorn's supervisor: restarts a worker that dies, drains all on SIGTERM.
+        sock = config.bind_socket()
+        Multiprocess(config, sockets=[sock]).run()
+        return 0
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3

@@ -12,6 +12,9 @@ class ProcessSpec:
     app_factory: str  # uvicorn --factory target
     migrations: str  # folder relative to the repository root
     port: int
+    # Local default; `HELPDESK_<NAME>_WORKERS` overrides. The tickets service carries the hot
+    # request path and is CPU-bound on one core, so it gets a second process on a laptop.
+    workers: int = 1
 
     @property
     def role(self) -> str:
@@ -21,10 +24,21 @@ class ProcessSpec:
     def port_env(self) -> str:
         return f"HELPDESK_{self.name.upper()}_PORT"
 
+    @property
+    def workers_env(self) -> str:
+        return f"HELPDESK_{self.name.upper()}_WORKERS"
+
 
 STACK: tuple[ProcessSpec, ...] = (
     ProcessSpec("gateway", "identity", "gateway.app:create_app", "gateway/migrations", 8080),
-    ProcessSpec("tickets", "tickets", "services.tickets.app:create_app", "services/tickets/migrations", 8101),
+    ProcessSpec(
+        "tickets",
+        "tickets",
+        "services.tickets.app:create_app",
+        "services/tickets/migrations",
+        8101,
+        workers=2,
+    ),
     ProcessSpec(
         "summarization",
         "summarization",

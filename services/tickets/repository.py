@@ -29,6 +29,18 @@ TICKET_COLUMNS = [
 ]
 
 
+_NEXT_TICKET_NUMBER = (
+    pg_insert(ticket_numbers)
+    .values(tenant_id=bindparam("tenant_id"), last_number=1)
+    .on_conflict_do_update(
+        index_elements=[ticket_numbers.c.tenant_id],
+        set_={"last_number": ticket_numbers.c.last_number + 1},
+    )
+    .returning(ticket_numbers.c.last_number)
+)
+_INSERT_TICKET = insert(tickets).returning(*TICKET_COLUMNS)
+
+
 async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
     """The tenant's next ticket number, taken like a sequence's nextval().
 
@@ -37,23 +49,14 @@ async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
     no longer queue behind each other. Like a sequence, a create that fails afterwards leaves
     a gap; numbers stay unique and increasing.
     """
-    statement = (
-        pg_insert(ticket_numbers)
-        .values(tenant_id=tenant_id, last_number=1)
-        .on_conflict_do_update(
-            index_elements=[ticket_numbers.c.tenant_id],
-            set_={"last_number": ticket_numbers.c.last_number + 1},
-        )
-        .returning(ticket_numbers.c.last_number)
-    )
     async with session.bind.connect() as conn:
         autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        return await autocommit.scalar(statement)
+        return await autocommit.scalar(_NEXT_TICKET_NUMBER, {"tenant_id": tenant_id})
 
 
 async def insert_ticket(session: AsyncSession, values: dict[str, Any]) -> dict[str, Any]:
     conn = await session.connection()
-    return rows_as_dicts(await conn.execute(insert(tickets).values(**values).returning(*TICKET_COLUMNS)))[0]
+    return rows_as_dicts(await conn.execute(_INSERT_TICKET, values))[0]
 
 
 def _ticket_query(*, own_only: bool, after_cursor: bool = False, by_id: bool = False) -> Select:

@@ -157,46 +157,50 @@ async def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(infr
         "HELPDESK_LOG_LEVEL": "WARNING"
     }
     service = start_service(stack, spec, env, tmp_path)
-    await asyncio.to_thread(wait_ready, service)
-    tenant = unique_tenant("drain")
-    headers = auth_headers(infra, tenant, ["agent"])
-    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
-        assert (
-            await client.post("/api/v1/tickets", json={"subject": "first"}, headers=headers)
-        ).status_code == 201
-        locker = await asyncpg.connect(plain_dsn(infra.admin_url))
-        try:
-            transaction = locker.transaction()
-            await transaction.start()
-            await locker.execute(
-                "SELECT 1 FROM tickets.ticket_numbers WHERE tenant_id = $1 FOR UPDATE", tenant
-            )
-            requests = [
-                asyncio.create_task(
-                    client.post("/api/v1/tickets", json={"subject": f"in flight {i}"}, headers=headers)
+    try:
+        await asyncio.to_thread(wait_ready, service)
+        tenant = unique_tenant("drain")
+        headers = auth_headers(infra, tenant, ["agent"])
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+            assert (
+                await client.post("/api/v1/tickets", json={"subject": "first"}, headers=headers)
+            ).status_code == 201
+            locker = await asyncpg.connect(plain_dsn(infra.admin_url))
+            try:
+                transaction = locker.transaction()
+                await transaction.start()
+                await locker.execute(
+                    "SELECT 1 FROM tickets.ticket_numbers WHERE tenant_id = $1 FOR UPDATE", tenant
                 )
-                for i in range(10)
-            ]
+                requests = [
+                    asyncio.create_task(
+                        client.post("/api/v1/tickets", json={"subject": f"in flight {i}"}, headers=headers)
+                    )
+                    for i in range(10)
+                ]
 
-            async def all_waiting_on_the_lock() -> bool:
-                # pg_stat_activity is a per-transaction snapshot: clear it to see the present.
-                await locker.execute("SELECT pg_stat_clear_snapshot()")
-                waiting = await locker.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND application_name = 'helpdesk-tickets'"
-                )
-                return waiting == 10
+                async def all_waiting_on_the_lock() -> bool:
+                    # pg_stat_activity is a per-transaction snapshot: clear it to see the present.
+                    await locker.execute("SELECT pg_stat_clear_snapshot()")
+                    waiting = await locker.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND application_name = 'helpdesk-tickets'"
+                    )
+                    return waiting == 10
 
-            await wait_until(all_waiting_on_the_lock, timeout=15)
-            service.process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.5)
-            assert service.process.poll() is None  # still draining
-            await transaction.rollback()
-        finally:
-            await locker.close()
-        responses = await asyncio.gather(*requests)
-    assert [r.status_code for r in responses] == [201] * 10
-    started = time.monotonic()
-    exit_code = await asyncio.to_thread(service.process.wait, 30)
-    assert exit_code == 0
-    assert time.monotonic() - started < 30
+                await wait_until(all_waiting_on_the_lock, timeout=15)
+                service.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.5)
+                assert service.process.poll() is None  # still draining
+                await transaction.rollback()
+            finally:
+                await locker.close()
+            responses = await asyncio.gather(*requests)
+        assert [r.status_code for r in responses] == [201] * 10
+        started = time.monotonic()
+        exit_code = await asyncio.to_thread(service.process.wait, 30)
+        assert exit_code == 0
+        assert time.monotonic() - started < 30
+    finally:
+        if service.process.poll() is None:  # a failed assertion must not leave it running
+            service.process.kill()
