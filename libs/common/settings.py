@@ -61,7 +61,7 @@ class CommonSettings(BaseSettings):
     consumer_batch_size: int = Field(default=50, ge=1, le=1000)
     # After a partial batch the consumer waits this long, so under load events are handled
     # (and committed) many at a time instead of one transaction each.
-    consumer_linger_s: float = Field(default=0.05, ge=0, le=5)
+    consumer_linger_s: float = Field(default=0.2, ge=0, le=5)
     consumer_ack_wait_s: float = Field(default=30.0, gt=0)
     consumer_max_deliver: int = Field(default=5, ge=1)
     consumer_backoff_s: list[float] = [1.0, 5.0, 15.0, 60.0]
