@@ -100,20 +100,33 @@ def settings_for(infra: Infra, settings_class: type[SettingsT], name: str, **ove
     return settings_class(**values)
 
 
-def make_token(
-    infra: Infra, tenant: str, roles: list[str], user_id: str = "u1", *, ttl_s: int = 3600, **claims: Any
-) -> str:
+def token_claims(
+    tenant: str = "acme",
+    roles: list[str] | None = None,
+    user_id: str = "u1",
+    *,
+    ttl_s: int = 600,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Valid JWT claims for tests; an override of None removes that claim."""
     now = int(time.time())
-    payload: dict[str, Any] = {
+    claims: dict[str, Any] = {
         "sub": user_id,
         "tenant": tenant,
-        "roles": roles,
+        "roles": ["agent"] if roles is None else roles,
         "iat": now,
         "exp": now + ttl_s,
         "iss": "helpdesk",
         "aud": "helpdesk",
     }
-    payload.update(claims)
+    claims.update(overrides)
+    return {key: value for key, value in claims.items() if value is not None}
+
+
+def make_token(
+    infra: Infra, tenant: str, roles: list[str], user_id: str = "u1", *, ttl_s: int = 3600, **claims: Any
+) -> str:
+    payload = token_claims(tenant, roles, user_id, ttl_s=ttl_s, **claims)
     return jwt.encode(payload, infra.jwt_secret, algorithm="HS256")
 
 

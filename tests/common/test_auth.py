@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from libs.common.auth import TokenVerifier, issue_token
 from libs.common.errors import ProblemError
 from libs.common.settings import CommonSettings
+from tests.conftest import token_claims
 
 SECRET = "unit-test-secret-that-is-long-enough-for-every-hmac-size-0123456789abcdef"
 
@@ -21,18 +22,7 @@ def settings(**overrides) -> CommonSettings:
 
 
 def claims(**overrides) -> dict:
-    now = int(time.time())
-    base = {
-        "sub": "u1",
-        "tenant": "acme",
-        "roles": ["agent"],
-        "iat": now,
-        "exp": now + 600,
-        "iss": "helpdesk",
-        "aud": "helpdesk",
-    }
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
+    return token_claims(**overrides)
 
 
 def b64(data: dict) -> str:

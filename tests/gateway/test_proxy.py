@@ -18,7 +18,7 @@ from gateway.proxy import VerifiedTokenCache
 from gateway.settings import Settings
 from libs.common.auth import TokenVerifier
 from libs.common.errors import ProblemError
-from tests.conftest import Infra, auth_headers, make_token, settings_for
+from tests.conftest import Infra, auth_headers, make_token, settings_for, token_claims
 from tests.gateway.conftest import UPSTREAM_TIMEOUT_S, EchoUpstream, Gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -35,18 +35,7 @@ def unsigned_token(header: dict, claims: dict, signature: bytes = b"") -> str:
 
 
 def valid_claims(**overrides) -> dict:
-    now = int(time.time())
-    claims = {
-        "sub": "u1",
-        "tenant": "acme",
-        "roles": ["agent"],
-        "iat": now,
-        "exp": now + 600,
-        "iss": "helpdesk",
-        "aud": "helpdesk",
-    }
-    claims.update(overrides)
-    return claims
+    return token_claims(**overrides)
 
 
 def hs256_signed_with_rsa_public_key() -> str:
