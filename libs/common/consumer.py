@@ -31,6 +31,7 @@ from libs.common.settings import CommonSettings
 log = structlog.get_logger()
 
 Handler = Callable[[AsyncSession, CloudEvent], Awaitable[None]]
+BatchHandler = Callable[[AsyncSession, list[CloudEvent]], Awaitable[None]]
 
 
 def inbox_table(metadata: MetaData) -> Table:
@@ -68,12 +69,14 @@ class Subscription:
 
     stream: str
     handlers: dict[str, Handler] = field(default_factory=dict)
+    # For high-volume events whose effect aggregates well: one call per fetched batch.
+    batch_handlers: dict[str, BatchHandler] = field(default_factory=dict)
     tenant: str = "*"  # one tenant's events only, or every tenant's
 
     @property
     def filter_subjects(self) -> list[str]:
         prefix = STREAMS[self.stream]
-        return [f"{prefix}.{self.tenant}.{key}" for key in sorted(self.handlers)]
+        return [f"{prefix}.{self.tenant}.{key}" for key in sorted({*self.handlers, *self.batch_handlers})]
 
 
 def durable_name(service: str, stream: str) -> str:
@@ -139,14 +142,16 @@ class ConsumerRunner:
             try:
                 async with self.session_factory() as session, session.begin():
                     fresh = await self._record_in_inbox(session, events)
-                    for msg, event in events:
-                        if event.id in fresh:
-                            await self._run_handler(session, msg, event)
+                    # Fresh ids, each once: one fetch may hold the same event twice.
+                    firsts = {pair[1].id: pair for pair in reversed(events) if pair[1].id in fresh}
+                    await self._run_handlers(
+                        session, [pair for pair in events if firsts.get(pair[1].id) is pair]
+                    )
             except Exception as exc:
                 log.info("event_batch_failed_handling_one_by_one", error=repr(exc), size=len(events))
             else:
-                for msg, event in events:
-                    await self._acknowledge(msg, duplicate=event.id not in fresh)
+                for pair in events:
+                    await self._acknowledge(pair[0], duplicate=firsts.get(pair[1].id) is not pair)
                 return
             finally:
                 heartbeat.cancel()
@@ -166,7 +171,7 @@ class ConsumerRunner:
             async with self.session_factory() as session, session.begin():
                 fresh = await self._record_in_inbox(session, [(msg, event)])
                 if fresh:
-                    await self._run_handler(session, msg, event)
+                    await self._run_handlers(session, [(msg, event)])
             heartbeat.cancel()
             await self._acknowledge(msg, duplicate=not fresh)
         except Exception as exc:
@@ -204,17 +209,25 @@ class ConsumerRunner:
         )
         return set(inserted)
 
-    async def _run_handler(self, session: AsyncSession, msg: Msg, event: CloudEvent) -> None:
-        handler = self.subscription.handlers.get(".".join(msg.subject.split(".")[2:]))
-        if handler is None:
-            return
-        structlog.contextvars.bind_contextvars(
-            event_id=str(event.id), correlation_id=event.correlationid, tenant=event.tenant
-        )
-        try:
-            await handler(session, event)
-        finally:
-            structlog.contextvars.unbind_contextvars("event_id", "correlation_id", "tenant")
+    async def _run_handlers(self, session: AsyncSession, events: list[tuple[Msg, CloudEvent]]) -> None:
+        batches: dict[str, list[CloudEvent]] = {}
+        for msg, event in events:
+            key = ".".join(msg.subject.split(".")[2:])
+            if key in self.subscription.batch_handlers:
+                batches.setdefault(key, []).append(event)
+                continue
+            handler = self.subscription.handlers.get(key)
+            if handler is None:
+                continue
+            structlog.contextvars.bind_contextvars(
+                event_id=str(event.id), correlation_id=event.correlationid, tenant=event.tenant
+            )
+            try:
+                await handler(session, event)
+            finally:
+                structlog.contextvars.unbind_contextvars("event_id", "correlation_id", "tenant")
+        for key, batch in batches.items():
+            await self.subscription.batch_handlers[key](session, batch)
 
     async def _acknowledge(self, msg: Msg, *, duplicate: bool) -> None:
         if duplicate:
@@ -315,22 +328,24 @@ def received_events_table(metadata: MetaData) -> Table:
     )
 
 
-def journal_handler(table: Table) -> Handler:
-    """A handler that stores each event in a `received_events_table`."""
-
+def journal_handler(table: Table) -> BatchHandler:
+    """A batch handler that stores events in a `received_events_table`, one INSERT per batch."""
     statement = insert(table)
 
-    async def record_received_event(session: AsyncSession, event: CloudEvent) -> None:
+    async def record_received_events(session: AsyncSession, events: list[CloudEvent]) -> None:
         conn = await session.connection()
         await conn.execute(
             statement,
-            {
-                "event_id": event.id,
-                "tenant_id": event.tenant,
-                "type": event.type,
-                "aggregate_id": event.subject,
-                "data": event.data,
-            },
+            [
+                {
+                    "event_id": event.id,
+                    "tenant_id": event.tenant,
+                    "type": event.type,
+                    "aggregate_id": event.subject,
+                    "data": event.data,
+                }
+                for event in events
+            ],
         )
 
-    return record_received_event
+    return record_received_events

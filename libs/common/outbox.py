@@ -96,6 +96,7 @@ class OutboxRelay:
         # wait on the advisory lock and take over the moment it is released.
         self.lock_key = zlib.crc32(f"helpdesk-outbox:{self.schema}".encode())
         self.wakeup = asyncio.Event()
+        self.standby = False  # another replica's relay holds the lock
         self._last_cleanup = datetime.min.replace(tzinfo=UTC)
         self._last_housekeeping = datetime.min.replace(tzinfo=UTC)
 
@@ -118,7 +119,8 @@ class OutboxRelay:
         failure: Exception | None = None
         published: list[int] = []
         async with self.engine.connect() as conn, conn.begin():
-            if not await conn.scalar(select(func.pg_try_advisory_xact_lock(self.lock_key))):
+            self.standby = not await conn.scalar(select(func.pg_try_advisory_xact_lock(self.lock_key)))
+            if self.standby:
                 return 0
             rows = (
                 await conn.execute(
@@ -196,10 +198,11 @@ class OutboxRelay:
                     await self._update_backlog_and_cleanup()
                     if count >= self.settings.outbox_batch_size:
                         continue  # more waiting: no sleep
+                    # A standby relay only polls (the active one answers the NOTIFYs), so it takes
+                    # over within one poll interval if the active one goes away.
+                    wait_for = stop.wait() if self.standby else self._wait_for_wakeup(stop)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._wait_for_wakeup(stop), timeout=self.settings.outbox_poll_interval_s
-                        )
+                        await asyncio.wait_for(wait_for, timeout=self.settings.outbox_poll_interval_s)
                     if self.settings.outbox_linger_s and not stop.is_set():
                         await asyncio.sleep(self.settings.outbox_linger_s)
                 except asyncio.CancelledError:

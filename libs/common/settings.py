@@ -57,7 +57,7 @@ class CommonSettings(BaseSettings):
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=200, ge=1, le=5000)
     # After a wake-up the relay waits this long so commits landing together go in one batch.
-    outbox_linger_s: float = Field(default=0.01, ge=0, le=1)
+    outbox_linger_s: float = Field(default=0.05, ge=0, le=1)
     consumer_batch_size: int = Field(default=50, ge=1, le=1000)
     # After a partial batch the consumer waits this long, so under load events are handled
     # (and committed) many at a time instead of one transaction each.

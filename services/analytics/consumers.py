@@ -9,10 +9,9 @@ from libs.common.events import CloudEvent
 from services.analytics import service
 
 
-async def on_ticket_created(session: AsyncSession, event: CloudEvent) -> None:
-    await service.count_created_ticket(
-        session, event.tenant, datetime.fromisoformat(event.data["created_at"])
-    )
+async def on_tickets_created(session: AsyncSession, events: list[CloudEvent]) -> None:
+    created = [(event.tenant, datetime.fromisoformat(event.data["created_at"])) for event in events]
+    await service.count_created_tickets(session, created)
 
 
-subscriptions = [Subscription(stream="TICKETS", handlers={"ticket.created": on_ticket_created})]
+subscriptions = [Subscription(stream="TICKETS", batch_handlers={"ticket.created": on_tickets_created})]

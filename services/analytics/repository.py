@@ -13,17 +13,19 @@ from services.analytics.models import daily_ticket_counts
 # Built once: this runs for every ticket.created event.
 _COUNT_CREATED_TICKET = (
     pg_insert(daily_ticket_counts)
-    .values(tenant_id=bindparam("tenant_id"), day=bindparam("day"), tickets_created=1)
+    .values(tenant_id=bindparam("tenant_id"), day=bindparam("day"), tickets_created=bindparam("count"))
     .on_conflict_do_update(
         index_elements=[daily_ticket_counts.c.tenant_id, daily_ticket_counts.c.day],
-        set_={"tickets_created": daily_ticket_counts.c.tickets_created + 1},
+        set_={"tickets_created": daily_ticket_counts.c.tickets_created + bindparam("count")},
     )
 )
 
 
-async def add_created_ticket(session: AsyncSession, tenant_id: str, day: date) -> None:
+async def add_created_tickets(session: AsyncSession, counts: dict[tuple[str, date], int]) -> None:
+    """Add `count` created tickets to each (tenant, day)."""
     conn = await session.connection()
-    await conn.execute(_COUNT_CREATED_TICKET, {"tenant_id": tenant_id, "day": day})
+    for (tenant_id, day), count in counts.items():
+        await conn.execute(_COUNT_CREATED_TICKET, {"tenant_id": tenant_id, "day": day, "count": count})
 
 
 async def created_counts_by_day(

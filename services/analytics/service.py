@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,9 +15,10 @@ DEFAULT_RANGE_DAYS = 30
 MAX_RANGE_DAYS = 3660
 
 
-async def count_created_ticket(session: AsyncSession, tenant_id: str, created_at: datetime) -> None:
-    """Count a ticket on its creation day (UTC)."""
-    await repository.add_created_ticket(session, tenant_id, created_at.astimezone(UTC).date())
+async def count_created_tickets(session: AsyncSession, created: list[tuple[str, datetime]]) -> None:
+    """Count tickets, given as (tenant, created_at), on their creation day (UTC)."""
+    counts = Counter((tenant_id, created_at.astimezone(UTC).date()) for tenant_id, created_at in created)
+    await repository.add_created_tickets(session, counts)
 
 
 async def overview(session: AsyncSession, tenant_id: str, first: date | None, last: date | None) -> Overview:

@@ -3,6 +3,6 @@
 from libs.common.consumer import Subscription, journal_handler
 from services.notifications.models import received_events
 
-record_ticket_event = journal_handler(received_events)
+record_ticket_events = journal_handler(received_events)
 
-subscriptions = [Subscription(stream="TICKETS", handlers={"ticket.created": record_ticket_event})]
+subscriptions = [Subscription(stream="TICKETS", batch_handlers={"ticket.created": record_ticket_events})]

@@ -218,3 +218,52 @@ async def test_consumer_config_is_updated_in_place(infra):
         await engine.dispose()
     finally:
         await nc.close()
+
+
+async def test_batch_handler_gets_whole_fetches_and_never_a_redelivered_event(infra, test_db):
+    tenant = unique_tenant("batch")
+    nc = await nats.connect(infra.nats_url)
+    calls: list[int] = []
+
+    async def count_batch(session: AsyncSession, events: list[CloudEvent]) -> None:
+        calls.append(len(events))
+        statement = pg_insert(effects).values(tenant_id=tenant, count=len(events))
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[effects.c.tenant_id], set_={"count": effects.c.count + len(events)}
+            )
+        )
+
+    try:
+        await ensure_stream(nc.jetstream(), "TICKETS", CommonSettings())
+        runner = ConsumerRunner(
+            service=f"test-{tenant}",
+            subscription=Subscription(
+                stream="TICKETS", batch_handlers={"ticket.created": count_batch}, tenant=tenant
+            ),
+            nc=nc,
+            session_factory=create_session_factory(test_db),
+            inbox=inbox,
+            dead_letters=dead_letters,
+            settings=settings_for(infra, CommonSettings, "tickets"),
+        )
+        await runner.ensure_consumer()
+        events = [await publish_ticket_created(nc, tenant, f"s{n}") for n in range(10)]
+        # The same event again under another message id: JetStream keeps it, the inbox must not.
+        again = events[3]
+        await nc.jetstream().publish(
+            f"tickets.{tenant}.ticket.created",
+            again.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": "other-id"},
+        )
+
+        async def all_acked() -> bool:
+            info = await nc.jetstream().consumer_info("TICKETS", runner.durable)
+            return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.consumer_seq == 11
+
+        await run_until(runner, all_acked)
+        assert await effect_count(test_db, tenant) == 10
+        assert sum(calls) == 10
+        assert len(calls) < 10  # batched, not one call per event
+    finally:
+        await nc.close()
