@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -98,37 +97,20 @@ def _has_dot_segment(path: str) -> bool:
 
 
 class VerifiedTokenCache:
-    """Identity headers of recently verified bearer tokens.
+    """Identity headers for a bearer token, from the verifier (which caches verified tokens
+    until they expire, at most a minute)."""
 
-    Decoding and checking a JWT costs more than the rest of the proxy path together, and a
-    client sends the same token with every request. A result is kept until the token expires,
-    and at most `max_age_s`, so a key removed from the JWKS stops being honoured soon. Only
-    tokens that passed verification are stored.
-    """
-
-    def __init__(self, verifier: TokenVerifier, max_entries: int = 10_000, max_age_s: float = 60.0) -> None:
+    def __init__(self, verifier: TokenVerifier) -> None:
         self.verifier = verifier
-        self.max_entries = max_entries
-        self.max_age_s = max_age_s
-        self._entries: dict[str, tuple[float, tuple[tuple[str, str], ...]]] = {}
 
     async def identity_headers(self, token: str) -> tuple[tuple[str, str], ...]:
         """`X-Tenant-Id`, `X-User-Id` and `X-User-Roles` for a valid token; a 401 ProblemError otherwise."""
-        now = time.time()
-        entry = self._entries.get(token)
-        if entry is not None and entry[0] > now:
-            return entry[1]
         identity = await self.verifier.verify_async(token)
-        expires_at = identity.expires_at
-        headers = (
+        return (
             ("x-tenant-id", identity.tenant),
             ("x-user-id", identity.user_id),
             ("x-user-roles", ",".join(sorted(identity.roles))),
         )
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[token] = (min(expires_at, now + self.max_age_s), headers)
-        return headers
 
 
 class UpstreamProxy:
