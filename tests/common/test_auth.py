@@ -156,3 +156,46 @@ def test_production_refuses_the_dev_secret():
 def test_leeway_above_30_seconds_is_refused():
     with pytest.raises(ValueError):
         CommonSettings(jwt_leeway_s=31)
+
+
+def test_rs256_tokens_verify_against_a_real_jwks_endpoint():
+    """The verifier fetches the identity provider's JWKS over HTTP (a local server here)."""
+    import http.server
+    import threading
+
+    from jwt.algorithms import RSAAlgorithm
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
+    jwk.update({"kid": "key-1", "use": "sig", "alg": "RS256"})
+    body = json.dumps({"keys": [jwk]}).encode()
+    requests: list[str] = []
+
+    class JWKSHandler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JWKSHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+        verifier = TokenVerifier(CommonSettings(jwt_algorithms=["RS256"], jwt_jwks_url=url))
+        good = jwt.encode(claims(), private, algorithm="RS256", headers={"kid": "key-1"})
+        assert verifier.verify(good).tenant == "acme"
+        assert requests == ["/.well-known/jwks.json"]
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        rejected(verifier, jwt.encode(claims(sub="u2"), other, algorithm="RS256", headers={"kid": "key-1"}))
+        rejected(
+            verifier, jwt.encode(claims(sub="u3"), private, algorithm="RS256", headers={"kid": "unknown"})
+        )
+    finally:
+        server.shutdown()
