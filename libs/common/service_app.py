@@ -94,8 +94,15 @@ class Messaging:
         streams = {s.stream for s in definition.subscriptions}
         if definition.produces_stream:
             streams.add(definition.produces_stream)
-        for stream in sorted(streams):
-            await ensure_stream(js, stream, settings)
+        while not self.stop.is_set():  # the broker may go away again right after connecting
+            try:
+                for stream in sorted(streams):
+                    await ensure_stream(js, stream, settings)
+                break
+            except Exception as exc:
+                log.warning("stream_provisioning_failed", error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=1.0)
         engine = self.app.state.engine
         if definition.outbox is not None:
             self.relay = OutboxRelay(
