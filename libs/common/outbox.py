@@ -12,6 +12,7 @@ import contextlib
 import json
 import zlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import structlog
@@ -24,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    bindparam,
     delete,
     func,
     insert,
@@ -34,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.sql.selectable import CTE
 
 from libs.common.db import plain_dsn
 from libs.common.events import CloudEvent
@@ -78,6 +81,33 @@ async def record_event(session: AsyncSession, outbox: Table, subject: str, event
             "payload": event.model_dump(mode="json"),
         },
     )
+
+
+def outbox_row_cte(outbox: Table) -> CTE:
+    """An outbox INSERT as a CTE, to attach (`.add_cte()`) to the statement of the state change.
+
+    The change and its event row then travel in one statement: one round trip fewer on hot
+    write paths, same transaction. Fill its parameters with `outbox_row_params()`.
+    """
+    return (
+        insert(outbox)
+        .values(
+            event_id=bindparam("outbox_event_id"),
+            subject=bindparam("outbox_subject"),
+            aggregate_id=bindparam("outbox_aggregate_id"),
+            payload=bindparam("outbox_payload", type_=JSONB),
+        )
+        .cte("recorded_event")
+    )
+
+
+def outbox_row_params(subject: str, event: CloudEvent) -> dict[str, Any]:
+    return {
+        "outbox_event_id": event.id,
+        "outbox_subject": subject,
+        "outbox_aggregate_id": event.subject,
+        "outbox_payload": event.model_dump(mode="json"),
+    }
 
 
 class OutboxRelay:

@@ -11,7 +11,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.db import fetch_all, rows_as_dicts
-from services.tickets.models import ticket_numbers, tickets
+from libs.common.events import CloudEvent
+from libs.common.outbox import outbox_row_cte, outbox_row_params
+from services.tickets.models import outbox, ticket_numbers, tickets
 
 TICKET_COLUMNS = [
     tickets.c.id,
@@ -38,7 +40,28 @@ _NEXT_TICKET_NUMBER = (
     )
     .returning(ticket_numbers.c.last_number)
 )
-_INSERT_TICKET = insert(tickets).returning(*TICKET_COLUMNS)
+_INSERT_COLUMNS = [
+    "id",
+    "tenant_id",
+    "number",
+    "subject",
+    "description",
+    "status",
+    "priority",
+    "category",
+    "requester_id",
+    "created_at",
+    "updated_at",
+]
+# The ticket and its `ticket.created` outbox row in one statement.
+_INSERT_TICKET_WITH_EVENT = (
+    insert(tickets)
+    # Parameter names must not equal column names: SQLAlchemy would treat such keys as extra
+    # column values for both INSERTs.
+    .values({name: bindparam(f"ticket_{name}", type_=tickets.c[name].type) for name in _INSERT_COLUMNS})
+    .add_cte(outbox_row_cte(outbox))
+    .returning(*TICKET_COLUMNS)
+)
 
 
 async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
@@ -54,9 +77,14 @@ async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
         return await autocommit.scalar(_NEXT_TICKET_NUMBER, {"tenant_id": tenant_id})
 
 
-async def insert_ticket(session: AsyncSession, values: dict[str, Any]) -> dict[str, Any]:
+async def insert_ticket(
+    session: AsyncSession, values: dict[str, Any], event_subject: str, event: CloudEvent
+) -> dict[str, Any]:
+    """Insert a ticket together with the outbox row of its event."""
     conn = await session.connection()
-    return rows_as_dicts(await conn.execute(_INSERT_TICKET, values))[0]
+    params = {f"ticket_{name}": value for name, value in values.items()}
+    params.update(outbox_row_params(event_subject, event))
+    return rows_as_dicts(await conn.execute(_INSERT_TICKET_WITH_EVENT, params))[0]
 
 
 def _ticket_query(*, own_only: bool, after_cursor: bool = False, by_id: bool = False) -> Select:

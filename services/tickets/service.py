@@ -12,10 +12,8 @@ from libs.common.auth import Identity
 from libs.common.errors import ProblemError
 from libs.common.events import build_event
 from libs.common.ids import new_id
-from libs.common.outbox import record_event
 from services.tickets import repository
 from services.tickets.events import SERVICE, TicketCreated
-from services.tickets.models import outbox
 from services.tickets.schemas import TicketCreate
 
 
@@ -26,35 +24,29 @@ def _only_own_tickets(identity: Identity) -> str | None:
 
 async def create_ticket(session: AsyncSession, identity: Identity, data: TicketCreate) -> dict[str, Any]:
     now = datetime.now(UTC)
-    ticket = await repository.insert_ticket(
-        session,
-        {
-            "id": new_id(),
-            "tenant_id": identity.tenant,
-            "number": await repository.allocate_ticket_number(session, identity.tenant),
-            "subject": data.subject,
-            "description": data.description,
-            "status": "open",
-            "priority": data.priority.value,
-            "category": data.category,
-            "requester_id": identity.user_id,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
-    payload = TicketCreated(
-        ticket_id=ticket["id"], **{k: v for k, v in ticket.items() if k not in ("id", "version")}
-    )
+    values = {
+        "id": new_id(),
+        "tenant_id": identity.tenant,
+        "number": await repository.allocate_ticket_number(session, identity.tenant),
+        "subject": data.subject,
+        "description": data.description,
+        "status": "open",
+        "priority": data.priority.value,
+        "category": data.category,
+        "requester_id": identity.user_id,
+        "created_at": now,
+        "updated_at": now,
+    }
+    payload = TicketCreated(ticket_id=values["id"], assignee_id=None, **values)
     subject, event = build_event(
         service=SERVICE,
         tenant=identity.tenant,
         aggregate="ticket",
         event="created",
-        aggregate_id=str(ticket["id"]),
+        aggregate_id=str(values["id"]),
         data=payload,
     )
-    await record_event(session, outbox, subject, event)
-    return ticket
+    return await repository.insert_ticket(session, values, subject, event)
 
 
 async def get_ticket(session: AsyncSession, identity: Identity, ticket_id: UUID) -> dict[str, Any]:
