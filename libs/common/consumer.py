@@ -158,11 +158,6 @@ class ConsumerRunner:
         for msg, event in events:
             await self.handle_event(msg, event)
 
-    async def handle_message(self, msg: Msg) -> None:
-        event = await self._parse(msg)
-        if event is not None:
-            await self.handle_event(msg, event)
-
     async def handle_event(self, msg: Msg, event: CloudEvent) -> None:
         """One event in its own transaction; on failure nak with backoff or dead-letter."""
         deliveries = msg.metadata.num_delivered
