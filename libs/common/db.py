@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.sql.base import Executable
 
+from libs.common.auth import IdentityDep
 from libs.common.settings import CommonSettings
 
 NAMING_CONVENTION = {
@@ -84,6 +85,31 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+# The PostgreSQL setting row-level security policies compare `tenant_id` with.
+TENANT_SETTING = "app.tenant_id"
+_SET_TENANT = text(f"SELECT set_config('{TENANT_SETTING}', :tenant, true)")
+
+
+async def set_tenant(session: AsyncSession, tenant: str) -> None:
+    """Scope the session's current transaction to `tenant` for row-level security.
+
+    Transaction-local (`set_config(..., true)`), so a pooled connection never carries one
+    tenant's scope into the next transaction. Also opens the transaction, so raw reads by
+    `fetch_all` that follow run inside it.
+    """
+    await session.execute(_SET_TENANT, {"tenant": tenant})
+
+
+async def get_tenant_session(request: Request, identity: IdentityDep) -> AsyncIterator[AsyncSession]:
+    """Like `get_session`, scoped to the verified identity's tenant (row-level security)."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.session_factory
+    async with factory() as session, session.begin():
+        await set_tenant(session, identity.tenant)
+        yield session
+
+
+TenantSessionDep = Annotated[AsyncSession, Depends(get_tenant_session, scope="function")]
 
 
 # SQL text and parameter order of each prepared Core statement, compiled on first use.

@@ -1,7 +1,23 @@
-"""Tables of the tickets schema."""
+"""Tables of the tickets schema (migrations 0001 + 0002 create exactly these)."""
 
-from sqlalchemy import Column, DateTime, Index, Integer, Table, Text, func, text
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Computed,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    SmallInteger,
+    Table,
+    Text,
+    false,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 from libs.common.consumer import dead_letter_table, inbox_table
 from libs.common.db import make_metadata
@@ -9,6 +25,18 @@ from libs.common.idempotency import idempotency_table
 from libs.common.outbox import outbox_table
 
 metadata = make_metadata("tickets")
+
+
+def _created_at() -> Column:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+def _newest_first(*leading: str) -> list:
+    return [*leading, text("created_at DESC"), text("id DESC")]
+
+
+# Tickets without a deadline sort after every deadline, in both directions of one index.
+DUE_SORT_KEY = text("(COALESCE(due_at, 'infinity'::timestamptz))")
 
 tickets = Table(
     "tickets",
@@ -19,31 +47,174 @@ tickets = Table(
     Column("subject", Text, nullable=False),
     Column("description", Text, nullable=False, server_default=""),
     Column("status", Text, nullable=False, server_default="open"),
+    # The built-in category of `status` (open, pending, in_progress, resolved, closed).
+    Column("status_category", Text, nullable=False, server_default="open"),
     Column("priority", Text, nullable=False, server_default="medium"),
+    # Sort key for priority (urgent first when descending); computed by the database.
+    Column(
+        "priority_rank",
+        SmallInteger,
+        Computed(
+            "CASE priority WHEN 'low' THEN 1 WHEN 'medium' THEN 2 WHEN 'high' THEN 3 ELSE 4 END",
+            persisted=True,
+        ),
+        nullable=False,
+    ),
     Column("category", Text),
+    Column("type", Text),
+    Column("source", Text, nullable=False, server_default="portal"),
+    Column("location", Text),
+    Column("building", Text),
+    Column("floor", Text),
+    Column("room", Text),
     Column("requester_id", Text, nullable=False),
+    Column("requester_name", Text),
+    Column("requester_email", Text),
     Column("assignee_id", Text),
+    Column("group_id", Text),
+    Column("tags", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("custom_fields", JSONB, nullable=False, server_default="{}"),
+    Column("watchers", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("due_at", DateTime(timezone=True)),
+    Column("first_response_due_at", DateTime(timezone=True)),
+    Column("first_responded_at", DateTime(timezone=True)),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("closed_at", DateTime(timezone=True)),
+    # Set while the SLA clock is stopped (pending, when the policy says so).
+    Column("sla_paused_at", DateTime(timezone=True)),
+    # When the scheduler announced each breach; set once, so a breach is announced once.
+    Column("first_response_breached_at", DateTime(timezone=True)),
+    Column("resolution_breached_at", DateTime(timezone=True)),
+    Column("parent_id", UUID(as_uuid=True)),
+    Column("merged_into_id", UUID(as_uuid=True)),
+    Column("deleted_at", DateTime(timezone=True)),
+    # Latest AI summary (from summarization's summary.completed), shown with the ticket.
+    Column("summary", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("version", Integer, nullable=False, server_default=text("1")),
     Index("uq_tickets_tenant_id_number", "tenant_id", "number", unique=True),
-    Index("ix_tickets_tenant_id_created_at_id", "tenant_id", text("created_at DESC"), text("id DESC")),
+    Index("ix_tickets_tenant_id_created_at_id", *_newest_first("tenant_id")),
+    Index("ix_tickets_tenant_id_requester_id_created_at_id", *_newest_first("tenant_id", "requester_id")),
+    Index("ix_tickets_tenant_id_updated_at_id", "tenant_id", text("updated_at DESC"), text("id DESC")),
     Index(
-        "ix_tickets_tenant_id_requester_id_created_at_id",
-        "tenant_id",
-        "requester_id",
-        text("created_at DESC"),
-        text("id DESC"),
+        "ix_tickets_tenant_id_priority_rank_created_at_id",
+        *_newest_first("tenant_id", text("priority_rank DESC")),
     ),
+    Index("ix_tickets_tenant_id_due_sort_id", "tenant_id", DUE_SORT_KEY, "id"),
+    Index("ix_tickets_tenant_id_status_created_at_id", *_newest_first("tenant_id", "status")),
+    Index(
+        "ix_tickets_tenant_id_status_category_created_at_id", *_newest_first("tenant_id", "status_category")
+    ),
+    Index("ix_tickets_tenant_id_priority_created_at_id", *_newest_first("tenant_id", "priority")),
+    Index("ix_tickets_tenant_id_category_created_at_id", *_newest_first("tenant_id", "category")),
+    Index("ix_tickets_tenant_id_assignee_id_created_at_id", *_newest_first("tenant_id", "assignee_id")),
+    Index("ix_tickets_tenant_id_group_id_created_at_id", *_newest_first("tenant_id", "group_id")),
+    Index("ix_tickets_tenant_id_building_floor_room", "tenant_id", "building", "floor", "room"),
+    Index("ix_tickets_tenant_id_parent_id", "tenant_id", "parent_id"),
+    Index("ix_tickets_tags", "tags", postgresql_using="gin"),
+    Index("ix_tickets_custom_fields", text("custom_fields jsonb_path_ops"), postgresql_using="gin"),
 )
 
-# Per-tenant ticket numbers (#1042): one counter row per tenant, bumped in the create transaction.
+# Per-tenant ticket numbers (#1042): one counter row per tenant.
 ticket_numbers = Table(
     "ticket_numbers",
     metadata,
     Column("tenant_id", Text, primary_key=True),
     Column("last_number", Integer, nullable=False),
 )
+
+comments = Table(
+    "comments",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("ticket_id", UUID(as_uuid=True), nullable=False),
+    Column("author_id", Text, nullable=False),
+    Column("visibility", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    _created_at(),
+    CheckConstraint("visibility IN ('public', 'internal')", name="visibility"),
+    Index("ix_comments_tenant_id_ticket_id_created_at_id", "tenant_id", "ticket_id", "created_at", "id"),
+)
+
+ticket_history = Table(
+    "ticket_history",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("ticket_id", UUID(as_uuid=True), nullable=False),
+    Column("actor_id", Text, nullable=False),
+    Column("field", Text, nullable=False),
+    Column("old_value", JSONB),
+    Column("new_value", JSONB),
+    _created_at(),
+    Index("ix_ticket_history_tenant_id_ticket_id_created_at_id", "tenant_id", "ticket_id", "created_at", "id"),
+)
+
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("ticket_id", UUID(as_uuid=True), nullable=False),
+    Column("comment_id", UUID(as_uuid=True)),
+    Column("filename", Text, nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("storage_key", Text, nullable=False),
+    Column("uploaded_by", Text, nullable=False),
+    _created_at(),
+    Index("ix_attachments_tenant_id_ticket_id_created_at", "tenant_id", "ticket_id", "created_at"),
+)
+
+# Tenant-defined statuses; the five built-in ones are not stored (see workflow.py).
+statuses = Table(
+    "statuses",
+    metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("category", Text, nullable=False),
+    Column("position", Integer, nullable=False, server_default=text("0")),
+    _created_at(),
+)
+
+categories = Table(
+    "categories",
+    metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    _created_at(),
+)
+
+sla_policies = Table(
+    "sla_policies",
+    metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("priority", Text, primary_key=True),
+    Column("first_response_minutes", Integer, nullable=False),
+    Column("resolution_minutes", Integer, nullable=False),
+    Column("business_hours_only", Boolean, nullable=False, server_default=false()),
+    Column("pause_while_pending", Boolean, nullable=False, server_default=false()),
+    _created_at(),
+)
+
+# The tenant's calendar for SLA business hours: {"mon": ["09:00", "18:00"], ...} in time_zone.
+tenant_settings = Table(
+    "tenant_settings",
+    metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("time_zone", Text, nullable=False, server_default="UTC"),
+    Column("business_hours", JSONB, nullable=False, server_default="{}"),
+    Column("holidays", ARRAY(Date), nullable=False, server_default="{}"),
+    _created_at(),
+)
+
+# Slugs of tenants that have tickets, for cross-tenant jobs (readable by all, no tenant data).
+tenants = Table("tenants", metadata, Column("tenant_id", Text, primary_key=True), _created_at())
 
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)

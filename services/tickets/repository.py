@@ -2,44 +2,75 @@
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, and_, bindparam, insert, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import Text
 
 from libs.common.db import fetch_all, rows_as_dicts
 from libs.common.events import CloudEvent
 from libs.common.outbox import outbox_row_cte, outbox_row_params
-from services.tickets.models import outbox, ticket_numbers, tickets
-
-TICKET_COLUMNS = [
-    tickets.c.id,
-    tickets.c.number,
-    tickets.c.subject,
-    tickets.c.description,
-    tickets.c.status,
-    tickets.c.priority,
-    tickets.c.category,
-    tickets.c.requester_id,
-    tickets.c.assignee_id,
-    tickets.c.created_at,
-    tickets.c.updated_at,
-    tickets.c.version,
-]
-
-
-_NEXT_TICKET_NUMBER = (
-    pg_insert(ticket_numbers)
-    .values(tenant_id=bindparam("tenant_id"), last_number=1)
-    .on_conflict_do_update(
-        index_elements=[ticket_numbers.c.tenant_id],
-        set_={"last_number": ticket_numbers.c.last_number + 1},
-    )
-    .returning(ticket_numbers.c.last_number)
+from services.tickets import search
+from services.tickets.models import (
+    DUE_SORT_KEY,
+    categories,
+    comments,
+    outbox,
+    statuses,
+    ticket_history,
+    tickets,
 )
+
+# Every column a client sees (TicketRead); internal ones (tenant_id, priority_rank, breach marks) stay in.
+TICKET_COLUMNS = [
+    column
+    for column in tickets.c
+    if column.name
+    not in {"tenant_id", "priority_rank", "first_response_breached_at", "resolution_breached_at"}
+]
+TICKET_COLUMN_NAMES = [column.name for column in TICKET_COLUMNS]
+
+
+# -- numbers -----------------------------------------------------------------------------------
+
+_NEXT_TICKET_NUMBER = literal_column("tickets.next_ticket_number(:tenant_id)")
+
+
+async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
+    """The tenant's next ticket number, taken like a sequence's nextval().
+
+    It runs as its own single-statement (autocommit) transaction, so the tenant's counter row
+    is locked only inside that statement, not until the create commits: creates of one tenant
+    do not queue behind each other. Like a sequence, a create that fails afterwards leaves a
+    gap; numbers stay unique and increasing. The SQL function scopes itself to the tenant
+    (row-level security) for that one statement.
+    """
+    async with session.bind.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return await autocommit.scalar(select(_NEXT_TICKET_NUMBER), {"tenant_id": tenant_id})
+
+
+# -- create ------------------------------------------------------------------------------------
+
 _INSERT_COLUMNS = [
     "id",
     "tenant_id",
@@ -47,9 +78,26 @@ _INSERT_COLUMNS = [
     "subject",
     "description",
     "status",
+    "status_category",
     "priority",
     "category",
+    "type",
+    "source",
+    "location",
+    "building",
+    "floor",
+    "room",
     "requester_id",
+    "requester_name",
+    "requester_email",
+    "assignee_id",
+    "group_id",
+    "tags",
+    "custom_fields",
+    "watchers",
+    "parent_id",
+    "due_at",
+    "first_response_due_at",
     "created_at",
     "updated_at",
 ]
@@ -64,83 +112,355 @@ _INSERT_TICKET_WITH_EVENT = (
 )
 
 
-async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
-    """The tenant's next ticket number, taken like a sequence's nextval().
-
-    It runs as its own single-statement (autocommit) transaction, so the tenant's counter row
-    is locked only inside that statement, not until the create commits: creates of one tenant
-    no longer queue behind each other. Like a sequence, a create that fails afterwards leaves
-    a gap; numbers stay unique and increasing.
-    """
-    async with session.bind.connect() as conn:
-        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        return await autocommit.scalar(_NEXT_TICKET_NUMBER, {"tenant_id": tenant_id})
-
-
 async def insert_ticket(
     session: AsyncSession, values: dict[str, Any], event_subject: str, event: CloudEvent
 ) -> dict[str, Any]:
     """Insert a ticket together with the outbox row of its event."""
-    conn = await session.connection()
-    params = {f"ticket_{name}": value for name, value in values.items()}
+    params = {f"ticket_{name}": values.get(name) for name in _INSERT_COLUMNS}
     params.update(outbox_row_params(event_subject, event))
-    return rows_as_dicts(await conn.execute(_INSERT_TICKET_WITH_EVENT, params))[0]
+    result = await session.execute(_INSERT_TICKET_WITH_EVENT, params)
+    return _plain(rows_as_dicts(result)[0])
 
 
-def _ticket_query(*, own_only: bool, after_cursor: bool = False, by_id: bool = False) -> Select:
-    """A prepared SELECT of tickets; one statement object per shape (see fetch_all)."""
-    conditions = [tickets.c.tenant_id == bindparam("tenant_id")]
-    if by_id:
-        conditions.append(tickets.c.id == bindparam("ticket_id"))
-    if own_only:
-        conditions.append(tickets.c.requester_id == bindparam("requester_id"))
-    if after_cursor:
-        conditions.append(
-            tuple_(tickets.c.created_at, tickets.c.id)
-            < tuple_(bindparam("after_created_at"), bindparam("after_id"))
-        )
-    query = select(*TICKET_COLUMNS).where(and_(*conditions))
-    if by_id:
-        return query
-    return query.order_by(tickets.c.created_at.desc(), tickets.c.id.desc()).limit(bindparam("limit"))
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """Rows from SQLAlchemy results in the same shape fetch_all gives (ids as str)."""
+    for key in ("id", "parent_id", "merged_into_id"):
+        if row.get(key) is not None:
+            row[key] = str(row[key])
+    return row
 
 
-_QUERIES = {
-    (own_only, after_cursor, by_id): _ticket_query(own_only=own_only, after_cursor=after_cursor, by_id=by_id)
-    for own_only in (False, True)
-    for after_cursor in (False, True)
-    for by_id in (False, True)
-    if not (by_id and after_cursor)
+# -- read --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TicketFilters:
+    """List filters; each set field narrows the list (several values of one field: any of them)."""
+
+    statuses: tuple[str, ...] = ()
+    status_categories: tuple[str, ...] = ()
+    priorities: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    assignee_id: str | None = None
+    unassigned: bool = False
+    group_id: str | None = None
+    requester_id: str | None = None
+    tags: tuple[str, ...] = ()  # all of them
+    building: str | None = None
+    floor: str | None = None
+    room: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    updated_from: datetime | None = None
+    updated_to: datetime | None = None
+    custom_fields: dict[str, Any] | None = None
+    overdue_at: datetime | None = None  # overdue=true, evaluated at this instant
+    due_before: datetime | None = None
+    parent_id: str | None = None
+    deleted: bool = False  # True: only soft-deleted tickets (admins)
+    q: str | None = None
+
+
+@dataclass(frozen=True)
+class Sort:
+    field: str = "created_at"
+    descending: bool = True
+
+
+# Sort name -> the keyset columns after tenant_id (the matching index's columns), id last.
+SORT_KEYS: dict[str, list[ColumnElement]] = {
+    "created_at": [tickets.c.created_at, tickets.c.id],
+    "updated_at": [tickets.c.updated_at, tickets.c.id],
+    "priority": [tickets.c.priority_rank, tickets.c.created_at, tickets.c.id],
+    "due_at": [DUE_SORT_KEY, tickets.c.id],
 }
+SORT_VALUE_NAMES = {"created_at": ["created_at"], "updated_at": ["updated_at"], "priority": ["priority_rank", "created_at"], "due_at": ["due_sort"]}
+CLOSED_CATEGORIES = ["resolved", "closed"]
 
 
-async def get_ticket(
-    session: AsyncSession, tenant_id: str, ticket_id: UUID, requester_id: str | None = None
-) -> dict[str, Any] | None:
-    query = _QUERIES[(requester_id is not None, False, True)]
-    rows = await fetch_all(
-        session, query, tenant_id=tenant_id, ticket_id=ticket_id, requester_id=requester_id
-    )
-    return rows[0] if rows else None
+def _conditions(filters: TicketFilters, own_only: bool) -> list[ColumnElement]:
+    """WHERE clauses with named bind parameters; which ones appear depends only on the shape."""
+    c = tickets.c
+    where = [c.tenant_id == bindparam("tenant_id")]
+    where.append(c.deleted_at.is_not(None) if filters.deleted else c.deleted_at.is_(None))
+    if own_only:
+        where.append(c.requester_id == bindparam("own_requester_id"))
+    equal_any = {
+        "statuses": c.status,
+        "status_categories": c.status_category,
+        "priorities": c.priority,
+        "categories": c.category,
+    }
+    for name, column in equal_any.items():
+        if getattr(filters, name):
+            where.append(column == func.any(bindparam(f"f_{name}", type_=ARRAY(Text))))
+    equal = {
+        "assignee_id": c.assignee_id,
+        "group_id": c.group_id,
+        "requester_id": c.requester_id,
+        "building": c.building,
+        "floor": c.floor,
+        "room": c.room,
+    }
+    for name, column in equal.items():
+        if getattr(filters, name) is not None:
+            where.append(column == bindparam(f"f_{name}"))
+    if filters.parent_id is not None:
+        where.append(c.parent_id == bindparam("f_parent_id", type_=tickets.c.parent_id.type))
+    if filters.unassigned:
+        where.append(c.assignee_id.is_(None))
+    if filters.tags:
+        where.append(c.tags.contains(bindparam("f_tags", type_=ARRAY(Text))))
+    if filters.custom_fields:
+        where.append(c.custom_fields.contains(bindparam("f_custom_fields", type_=JSONB)))
+    ranges = [
+        ("created_from", c.created_at, "ge"),
+        ("created_to", c.created_at, "lt"),
+        ("updated_from", c.updated_at, "ge"),
+        ("updated_to", c.updated_at, "lt"),
+    ]
+    for name, column, op in ranges:
+        if getattr(filters, name) is not None:
+            parameter = bindparam(f"f_{name}", type_=column.type)
+            where.append(column >= parameter if op == "ge" else column < parameter)
+    if filters.overdue_at is not None:
+        # Expressed on the due-date sort key so the (tenant_id, due sort key, id) index serves it.
+        where.append(DUE_SORT_KEY < bindparam("f_overdue_at", type_=c.due_at.type))
+        where.append(c.status_category != func.all(bindparam("closed_categories", CLOSED_CATEGORIES, type_=ARRAY(Text))))
+        where.append(c.sla_paused_at.is_(None))
+    if filters.due_before is not None:
+        where.append(DUE_SORT_KEY < bindparam("f_due_before", type_=c.due_at.type))
+    if filters.q is not None:
+        where.append(search.matches(tickets))
+    return where
+
+
+def _keyset_condition(sort: Sort) -> ColumnElement:
+    keys = SORT_KEYS[sort.field]
+    values = tuple_(*[bindparam(f"after_{index}") for index in range(len(keys))])
+    return tuple_(*keys) < values if sort.descending else tuple_(*keys) > values
+
+
+def _is_set(value: Any) -> bool:
+    return value not in (None, (), False, {})
+
+
+def _shape(filters: TicketFilters, sort: Sort, own_only: bool, after: bool) -> tuple:
+    present = tuple(_is_set(getattr(filters, field.name)) for field in fields(filters))
+    return present, sort, own_only, after
+
+
+_LIST_QUERIES: OrderedDict[tuple, Select] = OrderedDict()
+_LIST_QUERY_CACHE_SIZE = 1024
+
+
+def _list_query(filters: TicketFilters, sort: Sort, own_only: bool, after: bool) -> Select:
+    """The prepared SELECT for this combination of filters and sort (cached per shape)."""
+    key = _shape(filters, sort, own_only, after)
+    query = _LIST_QUERIES.get(key)
+    if query is not None:
+        _LIST_QUERIES.move_to_end(key)
+        return query
+    where = _conditions(filters, own_only)
+    if after:
+        where.append(_keyset_condition(sort))
+    sort_keys = SORT_KEYS[sort.field]
+    order = [key.desc() if sort.descending else key.asc() for key in sort_keys]
+    extra = [DUE_SORT_KEY.label("due_sort")] if sort.field == "due_at" else []
+    if sort.field == "priority":
+        extra = [tickets.c.priority_rank]
+    query = select(*TICKET_COLUMNS, *extra).where(and_(*where)).order_by(*order).limit(bindparam("limit"))
+    if filters.q is not None:
+        query = search.with_highlight(query, tickets)
+    _LIST_QUERIES[key] = query
+    if len(_LIST_QUERIES) > _LIST_QUERY_CACHE_SIZE:
+        _LIST_QUERIES.popitem(last=False)
+    return query
+
+
+def _filter_params(filters: TicketFilters) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for field in fields(filters):
+        value = getattr(filters, field.name)
+        if not _is_set(value):
+            continue
+        if field.name in ("statuses", "status_categories", "priorities", "categories", "tags"):
+            value = list(value)
+        if field.name == "custom_fields":
+            value = json.dumps(value)  # fetch_all hands parameters to asyncpg as they are
+        if field.name == "q":
+            params.update(search.params(value))
+            continue
+        params[f"f_{field.name}"] = value
+    return params
 
 
 async def list_tickets(
     session: AsyncSession,
     tenant_id: str,
+    filters: TicketFilters,
+    sort: Sort,
     *,
     limit: int,
-    after: tuple[datetime, UUID] | None = None,
-    requester_id: str | None = None,
+    after: list[Any] | None = None,
+    own_requester_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first, keyset-paginated on (created_at, id); fetches limit + 1 to detect more."""
-    query = _QUERIES[(requester_id is not None, after is not None, False)]
+    """One page in sort order, keyset-paginated; fetches limit + 1 rows to tell if there is more."""
+    query = _list_query(filters, sort, own_requester_id is not None, after is not None)
+    params = _filter_params(filters)
+    params.update(tenant_id=tenant_id, own_requester_id=own_requester_id, limit=limit + 1)
+    for index, value in enumerate(after or []):
+        params[f"after_{index}"] = value
+    return await fetch_all(session, query, **params)
+
+
+_GET_TICKET = select(*TICKET_COLUMNS).where(
+    tickets.c.tenant_id == bindparam("tenant_id"), tickets.c.id == bindparam("ticket_id")
+)
+_GET_TICKET_FOR_UPDATE = select(*TICKET_COLUMNS, tickets.c.tenant_id).where(
+    tickets.c.tenant_id == bindparam("tenant_id"), tickets.c.id == bindparam("ticket_id")
+).with_for_update()
+
+
+async def get_ticket(session: AsyncSession, tenant_id: str, ticket_id: UUID | str) -> dict[str, Any] | None:
+    rows = await fetch_all(session, _GET_TICKET, tenant_id=tenant_id, ticket_id=UUID(str(ticket_id)))
+    return rows[0] if rows else None
+
+
+async def lock_tickets(session: AsyncSession, tenant_id: str, ticket_ids: list[UUID]) -> list[dict[str, Any]]:
+    """Rows locked for update (in id order, so concurrent bulk updates cannot deadlock)."""
+    query = (
+        select(*TICKET_COLUMNS)
+        .where(tickets.c.tenant_id == tenant_id, tickets.c.id.in_(ticket_ids))
+        .order_by(tickets.c.id)
+        .with_for_update()
+    )
+    return [_plain(row) for row in rows_as_dicts(await session.execute(query))]
+
+
+async def update_ticket(
+    session: AsyncSession, tenant_id: str, ticket_id: str, values: dict[str, Any]
+) -> dict[str, Any]:
+    """Write changed columns and bump the version (the row is already locked by the caller)."""
+    query = (
+        update(tickets)
+        .where(tickets.c.tenant_id == tenant_id, tickets.c.id == UUID(ticket_id))
+        .values(**values, version=tickets.c.version + 1)
+        .returning(*TICKET_COLUMNS)
+    )
+    return _plain(rows_as_dicts(await session.execute(query))[0])
+
+
+# -- comments and history ----------------------------------------------------------------------
+
+COMMENT_COLUMNS = [comments.c.id, comments.c.ticket_id, comments.c.author_id, comments.c.visibility, comments.c.body, comments.c.created_at]
+
+
+async def insert_comment(session: AsyncSession, values: dict[str, Any]) -> dict[str, Any]:
+    result = await session.execute(insert(comments).values(**values).returning(*COMMENT_COLUMNS))
+    row = rows_as_dicts(result)[0]
+    row["id"], row["ticket_id"] = str(row["id"]), str(row["ticket_id"])
+    return row
+
+
+def _comments_query(public_only: bool, after: bool) -> Select:
+    where = [comments.c.tenant_id == bindparam("tenant_id"), comments.c.ticket_id == bindparam("ticket_id")]
+    if public_only:
+        where.append(comments.c.visibility == "public")
+    if after:
+        where.append(tuple_(comments.c.created_at, comments.c.id) > tuple_(bindparam("after_created_at"), bindparam("after_id")))
+    return select(*COMMENT_COLUMNS).where(*where).order_by(comments.c.created_at, comments.c.id).limit(bindparam("limit"))
+
+
+_COMMENT_QUERIES = {(public, after): _comments_query(public, after) for public in (False, True) for after in (False, True)}
+
+
+async def list_comments(
+    session: AsyncSession, tenant_id: str, ticket_id: str, *, public_only: bool, limit: int, after: tuple[datetime, UUID] | None
+) -> list[dict[str, Any]]:
+    query = _COMMENT_QUERIES[(public_only, after is not None)]
     after_created_at, after_id = after or (None, None)
     return await fetch_all(
-        session,
-        query,
-        tenant_id=tenant_id,
-        requester_id=requester_id,
-        limit=limit + 1,
-        after_created_at=after_created_at,
-        after_id=after_id,
+        session, query, tenant_id=tenant_id, ticket_id=UUID(ticket_id), limit=limit + 1,
+        after_created_at=after_created_at, after_id=after_id,
     )
+
+
+async def move_comments(session: AsyncSession, tenant_id: str, from_ticket: str, to_ticket: str) -> int:
+    result = await session.execute(
+        update(comments)
+        .where(comments.c.tenant_id == tenant_id, comments.c.ticket_id == UUID(from_ticket))
+        .values(ticket_id=UUID(to_ticket))
+    )
+    return result.rowcount
+
+
+async def insert_history(session: AsyncSession, entries: list[dict[str, Any]]) -> None:
+    if entries:
+        await session.execute(insert(ticket_history), entries)
+
+
+HISTORY_COLUMNS = [ticket_history.c[name] for name in ("id", "ticket_id", "actor_id", "field", "old_value", "new_value", "created_at")]
+
+
+async def list_history(
+    session: AsyncSession, tenant_id: str, ticket_id: str, *, limit: int, after: tuple[datetime, UUID] | None
+) -> list[dict[str, Any]]:
+    query = select(*HISTORY_COLUMNS).where(ticket_history.c.tenant_id == tenant_id, ticket_history.c.ticket_id == UUID(ticket_id))
+    if after is not None:
+        query = query.where(tuple_(ticket_history.c.created_at, ticket_history.c.id) > tuple_(*after))
+    query = query.order_by(ticket_history.c.created_at, ticket_history.c.id).limit(limit + 1)
+    rows = rows_as_dicts(await session.execute(query))
+    for row in rows:
+        row["id"], row["ticket_id"] = str(row["id"]), str(row["ticket_id"])
+    return rows
+
+
+# -- workflow settings -------------------------------------------------------------------------
+
+
+async def list_statuses(session: AsyncSession, tenant_id: str) -> list[dict[str, Any]]:
+    query = select(statuses.c.key, statuses.c.name, statuses.c.category, statuses.c.position).where(
+        statuses.c.tenant_id == tenant_id
+    )
+    return rows_as_dicts(await session.execute(query))
+
+
+async def insert_status(session: AsyncSession, tenant_id: str, values: dict[str, Any]) -> bool:
+    result = await session.execute(
+        pg_insert(statuses).values(tenant_id=tenant_id, **values).on_conflict_do_nothing().returning(statuses.c.key)
+    )
+    return result.first() is not None
+
+
+async def delete_status(session: AsyncSession, tenant_id: str, key: str) -> bool:
+    result = await session.execute(
+        statuses.delete().where(statuses.c.tenant_id == tenant_id, statuses.c.key == key)
+    )
+    return result.rowcount > 0
+
+
+async def status_in_use(session: AsyncSession, tenant_id: str, key: str) -> bool:
+    query = select(tickets.c.id).where(tickets.c.tenant_id == tenant_id, tickets.c.status == key).limit(1)
+    return (await session.execute(query)).first() is not None
+
+
+async def list_categories(session: AsyncSession, tenant_id: str) -> list[dict[str, Any]]:
+    query = select(categories.c.key, categories.c.name).where(categories.c.tenant_id == tenant_id).order_by(categories.c.key)
+    return rows_as_dicts(await session.execute(query))
+
+
+async def insert_category(session: AsyncSession, tenant_id: str, values: dict[str, Any]) -> bool:
+    result = await session.execute(
+        pg_insert(categories).values(tenant_id=tenant_id, **values).on_conflict_do_nothing().returning(categories.c.key)
+    )
+    return result.first() is not None
+
+
+async def delete_category(session: AsyncSession, tenant_id: str, key: str) -> bool:
+    result = await session.execute(
+        categories.delete().where(categories.c.tenant_id == tenant_id, categories.c.key == key)
+    )
+    return result.rowcount > 0
+
+

@@ -1,0 +1,79 @@
+"""Statuses and the transitions between them.
+
+Five built-in statuses, one per category. A tenant adds its own statuses (Freshdesk's custom
+statuses 6+, "waiting on vendor"), each belonging to one of the five categories; a status moves
+like its category does. Moving between two statuses of the same category is always allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class StatusCategory(StrEnum):
+    open = "open"
+    pending = "pending"
+    in_progress = "in_progress"
+    resolved = "resolved"
+    closed = "closed"
+
+
+# Which categories a ticket may move to from each category.
+CATEGORY_TRANSITIONS: dict[StatusCategory, frozenset[StatusCategory]] = {
+    StatusCategory.open: frozenset(
+        {StatusCategory.pending, StatusCategory.in_progress, StatusCategory.resolved, StatusCategory.closed}
+    ),
+    StatusCategory.pending: frozenset(
+        {StatusCategory.open, StatusCategory.in_progress, StatusCategory.resolved, StatusCategory.closed}
+    ),
+    StatusCategory.in_progress: frozenset(
+        {StatusCategory.open, StatusCategory.pending, StatusCategory.resolved, StatusCategory.closed}
+    ),
+    # A resolved ticket is reopened (or worked again) or closed for good.
+    StatusCategory.resolved: frozenset({StatusCategory.open, StatusCategory.in_progress, StatusCategory.closed}),
+    # A closed ticket can only be reopened.
+    StatusCategory.closed: frozenset({StatusCategory.open}),
+}
+
+
+@dataclass(frozen=True)
+class Status:
+    key: str
+    name: str
+    category: StatusCategory
+    builtin: bool
+    position: int = 0
+
+
+BUILTIN_STATUSES = {
+    category.value: Status(category.value, category.value.replace("_", " ").capitalize(), category, True, index)
+    for index, category in enumerate(StatusCategory)
+}
+
+
+class Workflow:
+    """One tenant's statuses: the built-in five plus its own."""
+
+    def __init__(self, custom: list[Status]) -> None:
+        self.statuses = dict(BUILTIN_STATUSES)
+        for status in custom:
+            self.statuses[status.key] = status
+
+    def get(self, key: str) -> Status | None:
+        return self.statuses.get(key)
+
+    def allowed_next(self, current_key: str) -> list[str]:
+        """Statuses a ticket in `current_key` may move to, in display order."""
+        current = self.statuses[current_key]
+        reachable = CATEGORY_TRANSITIONS[current.category] | (
+            {current.category} if current.category is not StatusCategory.closed else set()
+        )
+        return [
+            status.key
+            for status in sorted(self.statuses.values(), key=lambda s: (list(StatusCategory).index(s.category), s.position, s.key))
+            if status.category in reachable and status.key != current_key
+        ]
+
+    def can_move(self, current_key: str, new_key: str) -> bool:
+        return new_key in self.allowed_next(current_key)
