@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import nats
@@ -41,6 +41,9 @@ class ServiceDefinition:
     inbox: Table | None = None
     dead_letters: Table | None = None
     subscriptions: list[Subscription] = field(default_factory=list)
+    # Long-running jobs of the service (schedulers): started after start-up, each gets the app
+    # and an event set at shutdown, and must return soon after it is set.
+    background_jobs: list[Callable[[FastAPI, asyncio.Event], Awaitable[None]]] = field(default_factory=list)
 
 
 def freeze_long_lived_objects() -> None:
@@ -150,6 +153,11 @@ def create_service_app(definition: ServiceDefinition) -> FastAPI:
         messaging = Messaging(app, definition)
         app.state.messaging = messaging
         starter = asyncio.create_task(messaging.start(), name="messaging-start")
+        jobs_stop = asyncio.Event()
+        jobs = [
+            asyncio.create_task(job(app, jobs_stop), name=getattr(job, "__name__", "job"))
+            for job in definition.background_jobs
+        ]
         freeze_long_lived_objects()
         log.info("service_started", service=definition.name)
         try:
@@ -157,6 +165,10 @@ def create_service_app(definition: ServiceDefinition) -> FastAPI:
         finally:
             log.info("service_stopping", service=definition.name)
             messaging.stop.set()
+            jobs_stop.set()
+            for job_task in jobs:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(job_task, timeout=10)
             with contextlib.suppress(BaseException):
                 await starter
             await messaging.shutdown()

@@ -173,8 +173,16 @@ SORT_KEYS: dict[str, list[ColumnElement]] = {
     "updated_at": [tickets.c.updated_at, tickets.c.id],
     "priority": [tickets.c.priority_rank, tickets.c.created_at, tickets.c.id],
     "due_at": [DUE_SORT_KEY, tickets.c.id],
+    "relevance": [search.rank(), tickets.c.id],  # only with q
 }
-SORT_VALUE_NAMES = {"created_at": ["created_at"], "updated_at": ["updated_at"], "priority": ["priority_rank", "created_at"], "due_at": ["due_sort"]}
+# Row keys holding each sort's keyset values (before id), for the next cursor.
+SORT_VALUE_NAMES = {
+    "created_at": ["created_at"],
+    "updated_at": ["updated_at"],
+    "priority": ["priority_rank", "created_at"],
+    "due_at": ["due_sort"],
+    "relevance": ["rank"],
+}
 CLOSED_CATEGORIES = ["resolved", "closed"]
 
 
@@ -231,7 +239,7 @@ def _conditions(filters: TicketFilters, own_only: bool) -> list[ColumnElement]:
     if filters.due_before is not None:
         where.append(DUE_SORT_KEY < bindparam("f_due_before", type_=c.due_at.type))
     if filters.q is not None:
-        where.append(search.matches(tickets))
+        where.append(search.matches(tickets, public_comments_only=own_only))
     return where
 
 
@@ -266,12 +274,12 @@ def _list_query(filters: TicketFilters, sort: Sort, own_only: bool, after: bool)
         where.append(_keyset_condition(sort))
     sort_keys = SORT_KEYS[sort.field]
     order = [key.desc() if sort.descending else key.asc() for key in sort_keys]
-    extra = [DUE_SORT_KEY.label("due_sort")] if sort.field == "due_at" else []
-    if sort.field == "priority":
-        extra = [tickets.c.priority_rank]
+    extra = {
+        "due_at": [DUE_SORT_KEY.label("due_sort")],
+        "priority": [tickets.c.priority_rank],
+        "relevance": [search.rank().label("rank")],
+    }.get(sort.field, [])
     query = select(*TICKET_COLUMNS, *extra).where(and_(*where)).order_by(*order).limit(bindparam("limit"))
-    if filters.q is not None:
-        query = search.with_highlight(query, tickets)
     _LIST_QUERIES[key] = query
     if len(_LIST_QUERIES) > _LIST_QUERY_CACHE_SIZE:
         _LIST_QUERIES.popitem(last=False)
