@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -60,14 +60,28 @@ ISSUES: tuple[Issue, ...] = (
     Issue(
         "elevator",
         "incident",
-        ("엘리베이터가 {floor}층에서 멈췄습니다", "엘리베이터 문이 닫히지 않습니다", "엘리베이터 소음이 심합니다",
-         "화물용 엘리베이터 고장"),
-        ("Elevator stuck on floor {floor}", "Elevator door does not close", "Elevator making grinding noise",
-         "Freight elevator out of service"),
-        ("엘리베이터 안에 사람이 갇혀 있다는 신고가 있었습니다.", "버튼을 눌러도 반응이 없습니다.",
-         "운행 중 덜컹거리는 소리가 납니다."),
-        ("Someone reported being trapped inside the car.", "The call buttons do not respond.",
-         "The car jerks when it stops at a floor."),
+        (
+            "엘리베이터가 {floor}층에서 멈췄습니다",
+            "엘리베이터 문이 닫히지 않습니다",
+            "엘리베이터 소음이 심합니다",
+            "화물용 엘리베이터 고장",
+        ),
+        (
+            "Elevator stuck on floor {floor}",
+            "Elevator door does not close",
+            "Elevator making grinding noise",
+            "Freight elevator out of service",
+        ),
+        (
+            "엘리베이터 안에 사람이 갇혀 있다는 신고가 있었습니다.",
+            "버튼을 눌러도 반응이 없습니다.",
+            "운행 중 덜컹거리는 소리가 납니다.",
+        ),
+        (
+            "Someone reported being trapped inside the car.",
+            "The call buttons do not respond.",
+            "The car jerks when it stops at a floor.",
+        ),
         ("elevator", "safety", "vendor"),
         9,
     ),
@@ -75,22 +89,45 @@ ISSUES: tuple[Issue, ...] = (
         "plumbing",
         "incident",
         ("{room}호 천장 누수", "화장실 누수 발생", "배수구가 막혔습니다", "정수기 물이 새요"),
-        ("Water leak from ceiling in room {room}", "Leaking pipe in the restroom", "Clogged drain",
-         "Water dispenser is leaking"),
-        ("천장 타일에 물 자국이 번지고 있습니다.", "바닥에 물이 고여 미끄럽습니다.", "누수로 인해 전기 설비가 걱정됩니다."),
-        ("A water stain is spreading across the ceiling tiles.", "There is standing water on the floor.",
-         "The leak is close to electrical equipment."),
+        (
+            "Water leak from ceiling in room {room}",
+            "Leaking pipe in the restroom",
+            "Clogged drain",
+            "Water dispenser is leaking",
+        ),
+        (
+            "천장 타일에 물 자국이 번지고 있습니다.",
+            "바닥에 물이 고여 미끄럽습니다.",
+            "누수로 인해 전기 설비가 걱정됩니다.",
+        ),
+        (
+            "A water stain is spreading across the ceiling tiles.",
+            "There is standing water on the floor.",
+            "The leak is close to electrical equipment.",
+        ),
         ("leak", "water", "urgent-fix"),
         9,
     ),
     Issue(
         "hvac",
         "incident",
-        ("에어컨이 작동하지 않습니다", "난방이 너무 약합니다", "환기구 소음", "{floor}층 사무실이 너무 덥습니다"),
+        (
+            "에어컨이 작동하지 않습니다",
+            "난방이 너무 약합니다",
+            "환기구 소음",
+            "{floor}층 사무실이 너무 덥습니다",
+        ),
         ("HVAC not cooling", "Heating is too weak", "Noisy air vent", "Office on floor {floor} is too hot"),
-        ("실내 온도가 30도 가까이 올라갔습니다.", "송풍은 되는데 찬바람이 나오지 않습니다.", "아침마다 너무 춥습니다."),
-        ("The room temperature is close to 30 degrees.", "Air blows but it is not cold.",
-         "It is freezing every morning."),
+        (
+            "실내 온도가 30도 가까이 올라갔습니다.",
+            "송풍은 되는데 찬바람이 나오지 않습니다.",
+            "아침마다 너무 춥습니다.",
+        ),
+        (
+            "The room temperature is close to 30 degrees.",
+            "Air blows but it is not cold.",
+            "It is freezing every morning.",
+        ),
         ("hvac", "comfort"),
         10,
     ),
@@ -100,15 +137,29 @@ ISSUES: tuple[Issue, ...] = (
         ("조명이 깜빡입니다", "전등이 나갔습니다", "콘센트에 전원이 들어오지 않습니다", "비상등 점검 요청"),
         ("Lights flickering", "Light bulb out", "No power at the outlet", "Emergency light check"),
         ("복도 전체 조명이 깜빡거립니다.", "형광등 교체가 필요합니다.", "차단기가 자꾸 내려갑니다."),
-        ("The whole corridor flickers.", "The fluorescent tube needs replacing.", "The breaker keeps tripping."),
+        (
+            "The whole corridor flickers.",
+            "The fluorescent tube needs replacing.",
+            "The breaker keeps tripping.",
+        ),
         ("lights", "electrical"),
         8,
     ),
     Issue(
         "access",
         "request",
-        ("출입카드가 인식되지 않습니다", "출입 카드 재발급 요청", "방문자 출입 등록", "주차장 출입 카드 문제"),
-        ("Access card not working", "Replacement access card", "Register a visitor", "Badge reader broken at entrance"),
+        (
+            "출입카드가 인식되지 않습니다",
+            "출입 카드 재발급 요청",
+            "방문자 출입 등록",
+            "주차장 출입 카드 문제",
+        ),
+        (
+            "Access card not working",
+            "Replacement access card",
+            "Register a visitor",
+            "Badge reader broken at entrance",
+        ),
         ("게이트에서 빨간 불이 켜집니다.", "카드를 분실했습니다.", "다음 주 방문 예정인 고객입니다."),
         ("The gate shows a red light.", "I lost my card.", "The visitor arrives next week."),
         ("access-card", "security"),
@@ -117,13 +168,30 @@ ISSUES: tuple[Issue, ...] = (
     Issue(
         "it",
         "incident",
-        ("프린터 용지 걸림", "프린터 토너 교체 요청", "와이파이 연결이 안 됩니다", "모니터가 켜지지 않습니다",
-         "VPN 접속 오류"),
-        ("Printer jam on floor {floor}", "Printer out of toner", "Cannot connect to Wi-Fi", "Monitor does not turn on",
-         "VPN disconnects every hour"),
-        ("회의 전에 급하게 출력해야 합니다.", "다른 사람들도 같은 문제를 겪고 있습니다.", "재부팅해도 해결되지 않습니다."),
-        ("I need to print before the meeting.", "Others on the floor have the same problem.",
-         "Restarting did not help."),
+        (
+            "프린터 용지 걸림",
+            "프린터 토너 교체 요청",
+            "와이파이 연결이 안 됩니다",
+            "모니터가 켜지지 않습니다",
+            "VPN 접속 오류",
+        ),
+        (
+            "Printer jam on floor {floor}",
+            "Printer out of toner",
+            "Cannot connect to Wi-Fi",
+            "Monitor does not turn on",
+            "VPN disconnects every hour",
+        ),
+        (
+            "회의 전에 급하게 출력해야 합니다.",
+            "다른 사람들도 같은 문제를 겪고 있습니다.",
+            "재부팅해도 해결되지 않습니다.",
+        ),
+        (
+            "I need to print before the meeting.",
+            "Others on the floor have the same problem.",
+            "Restarting did not help.",
+        ),
         ("printer", "network", "it"),
         10,
     ),
@@ -185,7 +253,16 @@ KO_OPENINGS = ("안녕하세요.", "급합니다.", "확인 부탁드립니다."
 KO_CLOSINGS = ("빠른 조치 부탁드립니다.", "감사합니다.", "오늘 중으로 확인해 주세요.")
 EN_OPENINGS = ("Hi team,", "Urgent:", "Hello,", "")
 EN_CLOSINGS = ("Please fix it soon.", "Thanks.", "Could someone look at it today?")
-EXTRA_TAGS = ("vip", "recurring", "after-hours", "tenant-request", "inspection", "warranty", "빠른처리", "재발")
+EXTRA_TAGS = (
+    "vip",
+    "recurring",
+    "after-hours",
+    "tenant-request",
+    "inspection",
+    "warranty",
+    "빠른처리",
+    "재발",
+)
 BUILDINGS = ("본관", "별관", "A동", "B동", "Tower 1", "Tower 2", "Annex", "R&D Center")
 FLOORS = ("B2", "B1", *(str(n) for n in range(1, 21)))
 VENDORS = ("오티스", "현대엘리베이터", "Carrier", "삼성전자서비스", "KT", "Schindler")
@@ -266,7 +343,16 @@ KO_SURNAMES = "김이박최정강조윤장임한오서신권황안송류홍"
 KO_GIVEN = ("민준", "서연", "지호", "하은", "도윤", "지우", "예준", "수아", "시우", "지민", "현우", "서윤")
 EN_FIRST = ("Alex", "Sam", "Jordan", "Taylor", "Morgan", "Chris", "Jamie", "Casey", "Robin", "Dana")
 EN_LAST = ("Kim", "Lee", "Park", "Smith", "Brown", "Garcia", "Nguyen", "Jones", "Miller", "Chen")
-GROUPS = ("facilities", "it-support", "security", "cleaning", "elevator-vendor", "hvac-team", "front-desk", "parking")
+GROUPS = (
+    "facilities",
+    "it-support",
+    "security",
+    "cleaning",
+    "elevator-vendor",
+    "hvac-team",
+    "front-desk",
+    "parking",
+)
 CATEGORY_GROUP = {
     "elevator": "elevator-vendor",
     "plumbing": "facilities",
@@ -333,6 +419,16 @@ class TicketIndex:
     assignees: list[str | None] = field(default_factory=list)
 
 
+def _weighted(options: Sequence[tuple[Any, int]], draw: float) -> Any:
+    """The option a uniform `draw` in [0, 1) lands on, by weight."""
+    draw *= sum(weight for _, weight in options)
+    for option, weight in options:
+        draw -= weight
+        if draw < 0:
+            return option
+    return options[-1][0]
+
+
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
@@ -379,11 +475,7 @@ def generate_tickets(
         # Old tickets are mostly finished; the last weeks hold the open work.
         done_probability = 0.97 if age_days > 60 else (0.75 if age_days > 14 else 0.35)
         statuses = DONE_STATUSES if random_() < done_probability else ACTIVE_STATUSES
-        draw = random_() * sum(weight for _, weight in statuses)
-        for (status, status_category), weight in statuses:
-            draw -= weight
-            if draw < 0:
-                break
+        status, status_category = _weighted(statuses, random_())
         requester_id, requester_name, requester_email = choice(tenant.requesters)
         assigned = status_category != "open" or random_() < 0.5
         assignee = choice(tenant.agents) if assigned else None
@@ -430,7 +522,8 @@ def generate_tickets(
         index.assignees.append(assignee)
         yield (
             ticket_id, tenant.tenant, number, subject, description, status, status_category, priority,
-            issue.category, ticket_type, source, location, building, floor, room, requester_id, requester_name,
+            issue.category, ticket_type, source, location, building, floor, room, requester_id,
+            requester_name,
             requester_email, assignee, group, tags, json.dumps(custom, ensure_ascii=False), watchers,
             _dt(due) if due else None, _dt(first_response_due), _dt(responded) if responded else None,
             _dt(resolved_at) if resolved_at else None, _dt(closed_at) if closed_at else None, parent_id,
@@ -554,17 +647,18 @@ async def _prepare_tenants(conn: asyncpg.Connection, tenants: Sequence[str]) -> 
     """Custom statuses, categories and SLA policies per tenant; returns each tenant's last number."""
     for tenant in tenants:
         await conn.executemany(
-            f"INSERT INTO {SCHEMA}.statuses (tenant_id, key, name, category, position) VALUES ($1, $2, $3, $4, $5)"
-            " ON CONFLICT DO NOTHING",
+            f"INSERT INTO {SCHEMA}.statuses (tenant_id, key, name, category, position)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
             [(tenant, *status) for status in CUSTOM_STATUSES],
         )
         await conn.executemany(
-            f"INSERT INTO {SCHEMA}.categories (tenant_id, key, name) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            f"INSERT INTO {SCHEMA}.categories (tenant_id, key, name) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING",
             [(tenant, key, name) for key, name in CATEGORY_NAMES.items()],
         )
         await conn.executemany(
-            f"INSERT INTO {SCHEMA}.sla_policies (tenant_id, priority, first_response_minutes, resolution_minutes)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            f"INSERT INTO {SCHEMA}.sla_policies"
+            " (tenant_id, priority, first_response_minutes, resolution_minutes) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             [
                 (tenant, priority, 60 if priority in ("high", "urgent") else 480, hours * 60)
                 for priority, hours in DUE_HOURS.items()
@@ -607,7 +701,8 @@ async def seed(
     try:
         last_numbers = await _prepare_tenants(conn, tenants)
         people = [
-            tenant_people(tenant, n, requesters_per_tenant, agents_per_tenant, rng) for n, tenant in enumerate(tenants)
+            tenant_people(tenant, n, requesters_per_tenant, agents_per_tenant, rng)
+            for n, tenant in enumerate(tenants)
         ]
         for person in people:
             person.next_number = last_numbers.get(person.tenant, 0) + 1
@@ -643,7 +738,8 @@ async def seed(
         numbers = {person.tenant: person.next_number - 1 for person in people if person.next_number > 1}
         await conn.executemany(
             f"INSERT INTO {SCHEMA}.ticket_numbers AS n (tenant_id, last_number) VALUES ($1, $2)"
-            " ON CONFLICT (tenant_id) DO UPDATE SET last_number = greatest(n.last_number, excluded.last_number)",
+            " ON CONFLICT (tenant_id)"
+            " DO UPDATE SET last_number = greatest(n.last_number, excluded.last_number)",
             list(numbers.items()),
         )
         await conn.executemany(
@@ -699,7 +795,9 @@ def main(argv: list[str] | None = None) -> int:
             tenants=default_tenants(args.tenants, args.tenant_prefix),
         )
     )
-    print(f"seeded {result.tickets} tickets, {result.comments} comments in {result.seconds} s {result.phases}")
+    print(
+        f"seeded {result.tickets} tickets, {result.comments} comments in {result.seconds} s {result.phases}"
+    )
     print(json.dumps({"seed_s": result.seconds, **result.phases}))
     return 0
 
