@@ -68,7 +68,9 @@ def highlight(q: str, *texts: str) -> str | None:
     terms = [term for term in re.split(r"\s+", q.strip()) if term]
     if not terms:
         return None
-    pattern = re.compile("|".join(re.escape(term) for term in sorted(terms, key=len, reverse=True)), re.IGNORECASE)
+    pattern = re.compile(
+        "|".join(re.escape(term) for term in sorted(terms, key=len, reverse=True)), re.IGNORECASE
+    )
     for text in texts:
         found = pattern.search(text or "")
         if not found:
@@ -79,5 +81,3 @@ def highlight(q: str, *texts: str) -> str | None:
         escaped = html.escape(marked).replace("\x00", "<mark>").replace("\x01", "</mark>")
         return ("…" if start > 0 else "") + escaped + ("…" if start + SNIPPET_CHARS < len(text) else "")
     return None
-
-
