@@ -28,6 +28,7 @@ from services.tickets.schemas import (
     MergeRequest,
     Priority,
     SearchHit,
+    SimilarTicket,
     StatusCreate,
     StatusRead,
     TicketCreate,
@@ -157,6 +158,16 @@ async def create_ticket(
 async def get_ticket(ticket_id: UUID, session: TenantSessionDep, identity: IdentityDep) -> FastJSONResponse:
     """One ticket with its latest AI summary (requesters: only their own)."""
     return _ticket_response(await service.get_ticket(session, identity, ticket_id))
+
+
+@router.get("/{ticket_id}/similar", response_model=Page[SimilarTicket])
+async def similar_tickets(
+    ticket_id: UUID, session: TenantSessionDep, identity: IdentityDep
+) -> FastJSONResponse:
+    """Possible duplicates (agents): up to ten open tickets with a similar subject/description at
+    the same location (same building; same floor and room rank higher), best match first."""
+    items = await service.similar_tickets(session, identity, ticket_id)
+    return FastJSONResponse({"items": items, "next_cursor": None})
 
 
 def _parse_if_match(value: str | None) -> int:

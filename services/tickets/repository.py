@@ -370,6 +370,26 @@ async def update_ticket(
     return _plain(rows_as_dicts(await session.execute(query))[0])
 
 
+_SIMILAR_QUERIES = {same: search.similar_query(tickets, same_building=same) for same in (False, True)}
+
+
+async def similar_tickets(
+    session: AsyncSession, tenant_id: str, ticket: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Open tickets that look like duplicates of `ticket` (same tenant; same building when it has one)."""
+    same_building = ticket["building"] is not None
+    return await fetch_all(
+        session,
+        _SIMILAR_QUERIES[same_building],
+        tenant_id=tenant_id,
+        ticket_id=UUID(ticket["id"]),
+        text=f"{ticket['subject']} {ticket['description']}",
+        building=ticket["building"],
+        floor=ticket["floor"],
+        room=ticket["room"],
+    )
+
+
 # -- comments and history ----------------------------------------------------------------------
 
 COMMENT_COLUMNS = [

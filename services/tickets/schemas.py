@@ -278,3 +278,21 @@ class TicketRead(BaseModel):
 class SearchHit(TicketRead):
     rank: float | None = None
     highlight: str | None = Field(default=None, description="Snippet with matches wrapped in <mark>")
+
+
+class SimilarTicket(BaseModel):
+    id: UUID
+    number: int
+    subject: str
+    status: str
+    status_category: StatusCategory
+    priority: Priority
+    category: str | None
+    location: str | None
+    building: str | None
+    floor: str | None
+    room: str | None
+    requester_id: str
+    assignee_id: str | None
+    created_at: datetime
+    score: float = Field(description="Similarity, higher is closer")

@@ -220,6 +220,14 @@ async def list_tickets(
     )
 
 
+async def similar_tickets(session: AsyncSession, identity: Identity, ticket_id: UUID) -> list[dict[str, Any]]:
+    """Possible duplicates: open tickets of the tenant like this one, at the same location."""
+    if not is_staff(identity):
+        raise _forbidden("duplicate hints are for agents and admins")
+    ticket = await get_ticket(session, identity, ticket_id)
+    return await repository.similar_tickets(session, identity.tenant, ticket)
+
+
 # -- changes -----------------------------------------------------------------------------------
 
 
