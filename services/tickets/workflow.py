@@ -31,7 +31,9 @@ CATEGORY_TRANSITIONS: dict[StatusCategory, frozenset[StatusCategory]] = {
         {StatusCategory.open, StatusCategory.pending, StatusCategory.resolved, StatusCategory.closed}
     ),
     # A resolved ticket is reopened (or worked again) or closed for good.
-    StatusCategory.resolved: frozenset({StatusCategory.open, StatusCategory.in_progress, StatusCategory.closed}),
+    StatusCategory.resolved: frozenset(
+        {StatusCategory.open, StatusCategory.in_progress, StatusCategory.closed}
+    ),
     # A closed ticket can only be reopened.
     StatusCategory.closed: frozenset({StatusCategory.open}),
 }
@@ -47,7 +49,9 @@ class Status:
 
 
 BUILTIN_STATUSES = {
-    category.value: Status(category.value, category.value.replace("_", " ").capitalize(), category, True, index)
+    category.value: Status(
+        category.value, category.value.replace("_", " ").capitalize(), category, True, index
+    )
     for index, category in enumerate(StatusCategory)
 }
 
@@ -71,7 +75,10 @@ class Workflow:
         )
         return [
             status.key
-            for status in sorted(self.statuses.values(), key=lambda s: (list(StatusCategory).index(s.category), s.position, s.key))
+            for status in sorted(
+                self.statuses.values(),
+                key=lambda s: (list(StatusCategory).index(s.category), s.position, s.key),
+            )
             if status.category in reachable and status.key != current_key
         ]
 
