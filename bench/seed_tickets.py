@@ -658,7 +658,8 @@ async def _prepare_tenants(conn: asyncpg.Connection, tenants: Sequence[str]) -> 
         )
         await conn.executemany(
             f"INSERT INTO {SCHEMA}.sla_policies"
-            " (tenant_id, priority, first_response_minutes, resolution_minutes) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            " (tenant_id, priority, first_response_minutes, resolution_minutes)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             [
                 (tenant, priority, 60 if priority in ("high", "urgent") else 480, hours * 60)
                 for priority, hours in DUE_HOURS.items()
