@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, delete, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -138,6 +138,18 @@ def _breach_condition(kind: BreachKind, now: datetime) -> tuple[ColumnElement[bo
     return where, c.due_at, c.resolution_breached_at
 
 
+def breach_candidates(tenant: str, kind: BreachKind, now: datetime, limit: int) -> Select:
+    """Ids of tickets breaching `kind` at `now`, oldest deadline first, locked (skipping locked rows)."""
+    where, deadline, _ = _breach_condition(kind, now)
+    return (
+        select(tickets.c.id)
+        .where(tickets.c.tenant_id == tenant, where)
+        .order_by(deadline)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
 async def mark_breaches(
     session: AsyncSession, tenant: str, kind: BreachKind, now: datetime, limit: int
 ) -> list[dict[str, Any]]:
@@ -146,15 +158,8 @@ async def mark_breaches(
     Rows are claimed with FOR UPDATE SKIP LOCKED, and a row marked by a concurrent scan fails
     the re-checked condition, so each breach is marked (and announced) by exactly one scan.
     """
-    where, deadline, marker = _breach_condition(kind, now)
-    claimed = (
-        select(tickets.c.id)
-        .where(tickets.c.tenant_id == tenant, where)
-        .order_by(deadline)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
+    where, _, marker = _breach_condition(kind, now)
+    claimed = breach_candidates(tenant, kind, now, limit).scalar_subquery()
     statement = (
         update(tickets)
         .where(tickets.c.tenant_id == tenant, tickets.c.id.in_(claimed), where)
