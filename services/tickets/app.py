@@ -5,7 +5,7 @@ from fastapi import FastAPI
 from libs.common.dead_letters import dead_letters_router
 from libs.common.service_app import ServiceDefinition, create_service_app
 from services.tickets import models
-from services.tickets.endpoints import router
+from services.tickets.endpoints import router, settings_router
 from services.tickets.events import STREAM
 from services.tickets.settings import Settings
 from services.tickets.sla.endpoints import router as sla_router
@@ -19,7 +19,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             description="Tickets: the ticket domain of the helpdesk.",
             settings=settings or Settings(),
             # SLA first: its fixed paths must win over the tickets router's /{ticket_id} routes.
-            routers=[sla_router, router, dead_letters_router("/api/v1/tickets", models.dead_letters)],
+            routers=[
+                sla_router,
+                settings_router,
+                router,
+                dead_letters_router("/api/v1/tickets", models.dead_letters),
+            ],
             produces_stream=STREAM,
             outbox=models.outbox,
             inbox=models.inbox,
