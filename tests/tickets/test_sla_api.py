@@ -1,10 +1,14 @@
 """SLA management API: policies and the business calendar, permissions, bad input, isolation."""
 
+import asyncio
+from datetime import datetime, timedelta
+
 import pytest
 
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
+from tests.tickets.support import create_ticket, patch_ticket
 
 POLICIES = "/api/v1/tickets/sla/policies"
 CALENDAR = "/api/v1/tickets/sla/calendar"
@@ -191,3 +195,34 @@ async def test_bad_calendar_is_a_422_problem_naming_the_field(tickets, infra, bo
     assert field in problem["detail"]
     assert any(e["field"].startswith(field) and fragment in e["message"] for e in problem["errors"]), problem
     assert (await tickets.get(CALENDAR, headers=admin(infra, tenant))).json()["time_zone"] == "UTC"
+
+
+async def test_ticket_api_applies_policies_pauses_and_resumes(tickets, infra):
+    """Wiring with the core ticket service: deadlines at creation, pause in pending, resume later."""
+    tenant = unique_tenant()
+    staff = agent(infra, tenant)
+    body = {**URGENT, "pause_while_pending": True}
+    assert (
+        await tickets.put(f"{POLICIES}/urgent", json=body, headers=admin(infra, tenant))
+    ).status_code == 200
+    ticket = await create_ticket(tickets, staff, priority="urgent")
+    created = datetime.fromisoformat(ticket["created_at"])
+    assert datetime.fromisoformat(ticket["due_at"]) == created + timedelta(minutes=240)
+
+    paused = await patch_ticket(tickets, staff, ticket, status="pending")
+    assert paused.status_code == 200, paused.text
+    paused_at = datetime.fromisoformat(paused.json()["sla_paused_at"])
+    assert paused.json()["due_at"] == ticket["due_at"]
+    await asyncio.sleep(0.3)
+
+    resumed = await patch_ticket(tickets, staff, paused.json(), status="open")
+    assert resumed.status_code == 200, resumed.text
+    after = resumed.json()
+    assert after["sla_paused_at"] is None
+    pushed = datetime.fromisoformat(after["due_at"]) - datetime.fromisoformat(ticket["due_at"])
+    assert pushed == datetime.fromisoformat(after["updated_at"]) - paused_at
+    assert pushed >= timedelta(seconds=0.3)
+    first_pushed = datetime.fromisoformat(after["first_response_due_at"]) - datetime.fromisoformat(
+        ticket["first_response_due_at"]
+    )
+    assert first_pushed == pushed
