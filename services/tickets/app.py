@@ -8,6 +8,8 @@ from services.tickets import models
 from services.tickets.endpoints import router, settings_router
 from services.tickets.events import STREAM
 from services.tickets.settings import Settings
+from services.tickets.sla.endpoints import router as sla_router
+from services.tickets.sla.scheduler import run_sla_scheduler
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -16,10 +18,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name="tickets",
             description="Tickets: the ticket domain of the helpdesk.",
             settings=settings or Settings(),
-            routers=[settings_router, router, dead_letters_router("/api/v1/tickets", models.dead_letters)],
+            # SLA first: its fixed paths must win over the tickets router's /{ticket_id} routes.
+            routers=[
+                sla_router,
+                settings_router,
+                router,
+                dead_letters_router("/api/v1/tickets", models.dead_letters),
+            ],
             produces_stream=STREAM,
             outbox=models.outbox,
             inbox=models.inbox,
             dead_letters=models.dead_letters,
+            background_jobs=[run_sla_scheduler],
         )
     )
