@@ -6,7 +6,7 @@ from libs.common.dead_letters import dead_letters_router
 from libs.common.service_app import ServiceDefinition, create_service_app
 from services.tickets import models
 from services.tickets.consumers import subscriptions
-from services.tickets.endpoints import router
+from services.tickets.endpoints import router, settings_router
 from services.tickets.events import EVENTS, STREAM
 from services.tickets.settings import Settings
 
@@ -17,7 +17,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name="tickets",
             description="Tickets: the ticket domain of the helpdesk.",
             settings=settings or Settings(),
-            routers=[router, dead_letters_router("/api/v1/tickets", models.dead_letters)],
+            routers=[settings_router, router, dead_letters_router("/api/v1/tickets", models.dead_letters)],
             produces_stream=STREAM,
             outbox=models.outbox,
             inbox=models.inbox,
