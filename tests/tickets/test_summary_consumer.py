@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import httpx
 import nats
 import pytest_asyncio
 from nats.js import JetStreamContext
@@ -23,7 +24,8 @@ from services.summarization.events import SummaryCompleted
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
 from services.tickets.summaries import CompletedSummary
-from tests.conftest import app_client, settings_for, unique_tenant, wait_until
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
+from tests.tickets.support import create_ticket, patch_ticket
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 _numbers = itertools.count(1000)
@@ -33,6 +35,7 @@ _numbers = itertools.count(1000)
 class Harness:
     js: JetStreamContext
     admin: AsyncEngine
+    client: httpx.AsyncClient  # the tickets app, its consumers running
 
     async def create_ticket(self, tenant: str, number: int = 1) -> UUID:
         """A ticket row written directly (the tickets endpoints are being rewritten)."""
@@ -115,8 +118,8 @@ async def harness(infra) -> AsyncIterator[Harness]:
     js = nc.jetstream()
     await ensure_stream(js, "SUMMARIZATION", settings)
     try:
-        async with app_client(create_app(settings)):  # runs the tickets--SUMMARIZATION consumer
-            yield Harness(js, admin)
+        async with app_client(create_app(settings)) as client:  # runs tickets--SUMMARIZATION
+            yield Harness(js, admin, client)
     finally:
         await nc.drain()
         await admin.dispose()
@@ -142,6 +145,29 @@ async def test_completed_summary_is_shown_on_the_ticket_without_a_new_version(ha
     # An annotation, not an edit: ETag (version) and "recently updated" order stay.
     assert row["version"] == 1
     assert row["updated_at"] == T0
+
+
+async def test_ticket_read_shows_summary_and_suggestions_with_the_same_etag(infra, harness: Harness) -> None:
+    tenant = unique_tenant("sum")
+    headers = auth_headers(infra, tenant, ["agent"])
+    ticket = await create_ticket(harness.client, headers, subject="Elevator stuck on floor 3")
+    assert ticket["summary"] is None
+    before = await harness.client.get(f"/api/v1/tickets/{ticket['id']}", headers=headers)
+
+    await harness.publish_summary(tenant, UUID(ticket["id"]), "Elevator stuck on floor 3.", T0)
+    await wait_until(lambda: harness.summary_text(UUID(ticket["id"])))
+
+    after = await harness.client.get(f"/api/v1/tickets/{ticket['id']}", headers=headers)
+    assert after.status_code == 200
+    summary = after.json()["summary"]
+    assert summary["summary"] == "Elevator stuck on floor 3."
+    assert (summary["suggested_category"], summary["suggested_priority"]) == ("elevator", "high")
+    assert summary["key_points"] == ["elevator stuck", "floor 3"]
+    assert after.headers["etag"] == before.headers["etag"]
+    # An agent who read the ticket before the summary arrived can still save their edit.
+    response = await patch_ticket(harness.client, headers, ticket, priority="urgent")
+    assert response.status_code == 200, response.text
+    assert response.json()["summary"]["summary"] == "Elevator stuck on floor 3."
 
 
 async def test_newer_summary_replaces_and_older_one_is_ignored(harness: Harness) -> None:
