@@ -5,8 +5,9 @@ from fastapi import FastAPI
 from libs.common.dead_letters import dead_letters_router
 from libs.common.service_app import ServiceDefinition, create_service_app
 from services.tickets import models
+from services.tickets.consumers import subscriptions
 from services.tickets.endpoints import router, settings_router
-from services.tickets.events import STREAM
+from services.tickets.events import EVENTS, STREAM
 from services.tickets.settings import Settings
 from services.tickets.sla.endpoints import router as sla_router
 from services.tickets.sla.scheduler import run_sla_scheduler
@@ -30,5 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             inbox=models.inbox,
             dead_letters=models.dead_letters,
             background_jobs=[run_sla_scheduler],
+            subscriptions=subscriptions,
+            events=EVENTS,
         )
     )
