@@ -78,7 +78,9 @@ async def create_comment(db, tenant: str, ticket_id: str, visibility: str) -> st
 
 
 async def attachment_rows(db, tenant: str) -> list[asyncpg.Record]:
-    return await db.fetch("SELECT * FROM tickets.attachments WHERE tenant_id = $1 ORDER BY created_at", tenant)
+    return await db.fetch(
+        "SELECT * FROM tickets.attachments WHERE tenant_id = $1 ORDER BY created_at", tenant
+    )
 
 
 def stored_files(blob_dir: Path, tenant: str) -> list[Path]:
@@ -90,7 +92,9 @@ def url(ticket_id: str, suffix: str = "") -> str:
     return f"/api/v1/tickets/{ticket_id}/attachments{suffix}"
 
 
-async def upload(client, ticket_id, headers, content: bytes, filename="report.pdf", content_type=PDF, data=None):
+async def upload(
+    client, ticket_id, headers, content: bytes, filename="report.pdf", content_type=PDF, data=None
+):
     files = {"file": (filename, content, content_type)}
     return await client.post(url(ticket_id), files=files, data=data or {}, headers=headers)
 
@@ -217,7 +221,7 @@ async def test_oversized_upload_is_413_and_leaves_nothing(client, infra, admin_d
 
 async def lying_body(boundary: str, size: int) -> AsyncIterator[bytes]:
     yield (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.pdf\"\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.pdf"\r\n'
         f"Content-Type: application/pdf\r\n\r\n"
     ).encode()
     for _ in range(size // 65536 + 1):
@@ -267,17 +271,19 @@ async def test_malformed_requests_are_4xx_problems(client, infra, admin_db, blob
 
     not_multipart = await client.post(url(ticket_id), json={"file": "abc"}, headers=agent)
     assert not_multipart.status_code == 415
-    no_file = await client.post(url(ticket_id), data={"comment_id": ""}, files={"other": ("a.pdf", b"1")}, headers=agent)
+    no_file = await client.post(
+        url(ticket_id), data={"comment_id": ""}, files={"other": ("a.pdf", b"1")}, headers=agent
+    )
     assert no_file.status_code == 422
     only_fields = await client.post(
         url(ticket_id),
-        content=b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
+        content=b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n--b--\r\n',
         headers={**agent, "Content-Type": "multipart/form-data; boundary=b"},
     )
     assert only_fields.status_code == 422
     truncated = await client.post(
         url(ticket_id),
-        content=b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.pdf\"\r\n\r\npartial",
+        content=b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.pdf"\r\n\r\npartial',
         headers={**agent, "Content-Type": "multipart/form-data; boundary=b"},
     )
     assert truncated.status_code == 400
@@ -382,7 +388,9 @@ async def test_round_trip_through_an_s3_blob_store(infra, admin_db):
             assert s3.boto().get_object(Bucket=s3.bucket, Key=key)["Body"].read() == content
             download = await s3_client.get(url(ticket_id, f"/{attachment_id}/content"), headers=agent)
             assert download.content == content
-            assert (await s3_client.delete(url(ticket_id, f"/{attachment_id}"), headers=agent)).status_code == 204
+            assert (
+                await s3_client.delete(url(ticket_id, f"/{attachment_id}"), headers=agent)
+            ).status_code == 204
             assert s3.boto().list_objects_v2(Bucket=s3.bucket).get("KeyCount", 0) == 0
 
 

@@ -72,7 +72,9 @@ async def test_local_store_failed_overwrite_keeps_the_old_content(tmp_path):
     assert await read_all(store.open("acme/t1/a1")) == b"old"
 
 
-@pytest.mark.parametrize("key", ["../escape", "/etc/passwd", "a/../../b", "a/./b", ".hidden", "a\\b", "", "a//b"])
+@pytest.mark.parametrize(
+    "key", ["../escape", "/etc/passwd", "a/../../b", "a/./b", ".hidden", "a\\b", "", "a//b"]
+)
 async def test_local_store_keys_cannot_escape_the_directory(tmp_path, key):
     store = LocalBlobStore(tmp_path / "blobs")
     with pytest.raises(ValueError):
@@ -179,7 +181,10 @@ def run_s3_server() -> Iterator[S3Server]:
             "iam", endpoint_url=url, aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1"
         )
         iam.create_user(UserName="helpdesk")
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
         iam.put_user_policy(UserName="helpdesk", PolicyName="s3", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="helpdesk")["AccessKey"]
         s3 = S3Server(url, key["AccessKeyId"], key["SecretAccessKey"], "helpdesk-attachments")
