@@ -7,7 +7,7 @@ from libs.common.service_app import ServiceDefinition, create_service_app
 from services.tickets import models
 from services.tickets.attachments.endpoints import close_blob_store
 from services.tickets.attachments.endpoints import router as attachments_router
-from services.tickets.endpoints import router
+from services.tickets.endpoints import router, settings_router
 from services.tickets.events import STREAM
 from services.tickets.settings import Settings
 
@@ -18,8 +18,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name="tickets",
             description="Tickets: the ticket domain of the helpdesk.",
             settings=settings or Settings(),
-            # Attachments first: the tickets router's `/{ticket_id}` routes would shadow its paths.
-            routers=[attachments_router, router, dead_letters_router("/api/v1/tickets", models.dead_letters)],
+            # Attachments before the tickets router: its `/{ticket_id}` routes would shadow their paths.
+            routers=[
+                settings_router,
+                attachments_router,
+                router,
+                dead_letters_router("/api/v1/tickets", models.dead_letters),
+            ],
             produces_stream=STREAM,
             outbox=models.outbox,
             inbox=models.inbox,

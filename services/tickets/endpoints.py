@@ -2,34 +2,132 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from libs.common.auth import IdentityDep
-from libs.common.db import SessionDep
+from libs.common.auth import IdentityDep, require_roles
+from libs.common.db import TenantSessionDep
 from libs.common.errors import ProblemError
 from libs.common.idempotency import IdempotencyKeyHeader, claim_key, request_fingerprint, store_response
 from libs.common.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from libs.common.responses import FastJSONResponse, jsonable
-from services.tickets import service
+from services.tickets import repository, search, service
 from services.tickets.models import idempotency_keys
-from services.tickets.schemas import TicketCreate, TicketRead
+from services.tickets.schemas import (
+    BulkUpdate,
+    CategoryCreate,
+    CategoryRead,
+    CommentCreate,
+    CommentRead,
+    HistoryEntry,
+    MergeRequest,
+    Priority,
+    SearchHit,
+    SimilarTicket,
+    StatusCreate,
+    StatusRead,
+    TicketCreate,
+    TicketRead,
+    TicketUpdate,
+)
+from services.tickets.workflow import BUILTIN_STATUSES, StatusCategory
 
 router = APIRouter(prefix="/api/v1/tickets", tags=["tickets"])
+settings_router = APIRouter(prefix="/api/v1/tickets", tags=["ticket settings"])
+
+AdminOnly = require_roles("admin")
+INTERNAL_KEYS = ("priority_rank", "due_sort", "rank")
 
 
 def etag(ticket: dict[str, Any]) -> str:
     return f'W/"{ticket["version"]}"'
 
 
+def _ticket_response(ticket: dict[str, Any], status_code: int = 200, **headers: str) -> FastJSONResponse:
+    return FastJSONResponse(ticket, status_code=status_code, headers={"ETag": etag(ticket), **headers})
+
+
+# -- workflow settings (declared before /{ticket_id} so those paths are not taken for ids) -------
+
+
+@settings_router.get("/statuses", response_model=Page[StatusRead])
+async def list_statuses(session: TenantSessionDep, identity: IdentityDep) -> dict[str, Any]:
+    """The tenant's statuses: the five built-in ones and its own, each with its category."""
+    workflow = await service.load_workflow(session, identity.tenant)
+    items = [
+        {"key": s.key, "name": s.name, "category": s.category, "builtin": s.builtin, "position": s.position}
+        for s in workflow.ordered()
+    ]
+    return {"items": items, "next_cursor": None}
+
+
+@settings_router.post("/statuses", status_code=201, response_model=StatusRead, dependencies=[AdminOnly])
+async def create_status(
+    data: StatusCreate, session: TenantSessionDep, identity: IdentityDep
+) -> dict[str, Any]:
+    """Add a tenant status (admins), e.g. `waiting_on_vendor` in the pending category."""
+    if data.key in BUILTIN_STATUSES or not await repository.insert_status(
+        session, identity.tenant, data.model_dump()
+    ):
+        raise ProblemError(409, "Conflict", f"status {data.key!r} already exists")
+    return {**data.model_dump(), "builtin": False}
+
+
+@settings_router.delete("/statuses/{key}", status_code=204, dependencies=[AdminOnly])
+async def delete_status(key: str, session: TenantSessionDep, identity: IdentityDep) -> Response:
+    """Remove a tenant status that no ticket uses (admins). Built-in statuses stay."""
+    if key in BUILTIN_STATUSES:
+        raise ProblemError(409, "Conflict", f"built-in status {key!r} cannot be removed")
+    if await repository.status_in_use(session, identity.tenant, key):
+        raise ProblemError(409, "Conflict", f"status {key!r} is in use by tickets; move them first")
+    if not await repository.delete_status(session, identity.tenant, key):
+        raise ProblemError(404, "Not Found", f"status {key!r} not found")
+    return Response(status_code=204)
+
+
+@settings_router.get("/categories", response_model=Page[CategoryRead])
+async def list_categories(session: TenantSessionDep, identity: IdentityDep) -> dict[str, Any]:
+    """The tenant's ticket categories (when the list is empty, any category key is accepted)."""
+    return {"items": await repository.list_categories(session, identity.tenant), "next_cursor": None}
+
+
+@settings_router.post("/categories", status_code=201, response_model=CategoryRead, dependencies=[AdminOnly])
+async def create_category(
+    data: CategoryCreate, session: TenantSessionDep, identity: IdentityDep
+) -> dict[str, Any]:
+    """Add a category (admins)."""
+    if not await repository.insert_category(session, identity.tenant, data.model_dump()):
+        raise ProblemError(409, "Conflict", f"category {data.key!r} already exists")
+    return data.model_dump()
+
+
+@settings_router.delete("/categories/{key}", status_code=204, dependencies=[AdminOnly])
+async def delete_category(key: str, session: TenantSessionDep, identity: IdentityDep) -> Response:
+    """Remove a category (admins); tickets keep the key they have."""
+    if not await repository.delete_category(session, identity.tenant, key):
+        raise ProblemError(404, "Not Found", f"category {key!r} not found")
+    return Response(status_code=204)
+
+
+@settings_router.post("/bulk", response_model=Page[TicketRead])
+async def bulk_update(data: BulkUpdate, session: TenantSessionDep, identity: IdentityDep) -> FastJSONResponse:
+    """Change status, assignee, priority or tags of up to 500 tickets in one transaction (all or none)."""
+    tickets = await service.bulk_update(session, identity, data)
+    return FastJSONResponse({"items": tickets, "next_cursor": None})
+
+
+# -- tickets -----------------------------------------------------------------------------------
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TicketRead)
 async def create_ticket(
     data: TicketCreate,
-    session: SessionDep,
+    session: TenantSessionDep,
     identity: IdentityDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
@@ -50,39 +148,287 @@ async def create_ticket(
         await store_response(
             session, idempotency_keys, identity.tenant, idempotency_key, 201, jsonable(ticket)
         )
-    return FastJSONResponse(
-        ticket, status_code=201, headers={"Location": f"/api/v1/tickets/{ticket['id']}", "ETag": etag(ticket)}
-    )
+    return _ticket_response(ticket, 201, Location=f"/api/v1/tickets/{ticket['id']}")
 
 
 @router.get("/{ticket_id}", response_model=TicketRead)
-async def get_ticket(ticket_id: UUID, session: SessionDep, identity: IdentityDep) -> FastJSONResponse:
-    """One ticket of the caller's tenant (requesters: only their own)."""
-    ticket = await service.get_ticket(session, identity, ticket_id)
-    return FastJSONResponse(ticket, headers={"ETag": etag(ticket)})
+async def get_ticket(ticket_id: UUID, session: TenantSessionDep, identity: IdentityDep) -> FastJSONResponse:
+    """One ticket with its latest AI summary (requesters: only their own)."""
+    return _ticket_response(await service.get_ticket(session, identity, ticket_id))
 
 
-def _parse_cursor(cursor: str) -> tuple[datetime, UUID]:
-    created_at, ticket_id = decode_cursor(cursor, 2)
+@router.get("/{ticket_id}/similar", response_model=Page[SimilarTicket])
+async def similar_tickets(
+    ticket_id: UUID, session: TenantSessionDep, identity: IdentityDep
+) -> FastJSONResponse:
+    """Possible duplicates (agents): up to ten open tickets with a similar subject/description at
+    the same location (same building; same floor and room rank higher), best match first."""
+    items = await service.similar_tickets(session, identity, ticket_id)
+    return FastJSONResponse({"items": items, "next_cursor": None})
+
+
+def _parse_if_match(value: str | None) -> int:
+    if value is None:
+        raise ProblemError(
+            428,
+            "Precondition Required",
+            "send If-Match with the ETag you read, so concurrent changes are not overwritten",
+        )
+    match = re.fullmatch(r'\s*(?:W/)?"(\d{1,9})"\s*', value)
+    if not match:
+        raise ProblemError(
+            400, "Bad Request", f'malformed If-Match {value[:100]!r}; expected an ETag like W/"3"'
+        )
+    return int(match.group(1))
+
+
+@router.patch("/{ticket_id}", response_model=TicketRead)
+async def update_ticket(
+    ticket_id: UUID,
+    data: TicketUpdate,
+    session: TenantSessionDep,
+    identity: IdentityDep,
+    if_match: Annotated[str | None, Header(alias="If-Match", max_length=200)] = None,
+) -> FastJSONResponse:
+    """Change a ticket. `If-Match` with the ETag you read is required; a stale one is 412.
+
+    Status changes follow the tenant's workflow (409 lists the allowed next statuses);
+    resolved/closed/first-response times and SLA deadlines are set by the workflow.
+    """
+    expected = _parse_if_match(if_match)
+    return _ticket_response(await service.update_ticket(session, identity, ticket_id, data, expected))
+
+
+@router.delete("/{ticket_id}", status_code=204)
+async def delete_ticket(ticket_id: UUID, session: TenantSessionDep, identity: IdentityDep) -> Response:
+    """Soft-delete a ticket (admins); it can be restored."""
+    await service.delete_ticket(session, identity, ticket_id)
+    return Response(status_code=204)
+
+
+@router.post("/{ticket_id}/restore", response_model=TicketRead)
+async def restore_ticket(
+    ticket_id: UUID, session: TenantSessionDep, identity: IdentityDep
+) -> FastJSONResponse:
+    """Bring back a soft-deleted ticket (admins)."""
+    return _ticket_response(await service.restore_ticket(session, identity, ticket_id))
+
+
+@router.post("/{ticket_id}/merge", response_model=TicketRead)
+async def merge_ticket(
+    ticket_id: UUID, data: MergeRequest, session: TenantSessionDep, identity: IdentityDep
+) -> FastJSONResponse:
+    """Merge this ticket into another: comments and attachments move, this one closes and points there."""
+    return _ticket_response(await service.merge_ticket(session, identity, ticket_id, data.into_ticket_id))
+
+
+def _parse_time_cursor(cursor: str) -> tuple[datetime, UUID]:
+    created_at, item_id = decode_cursor(cursor, 2)
     try:
-        return datetime.fromisoformat(created_at), UUID(ticket_id)
+        return datetime.fromisoformat(created_at), UUID(item_id)
     except (TypeError, ValueError):
         raise ProblemError(400, "Bad Request", "malformed cursor") from None
 
 
-@router.get("", response_model=Page[TicketRead])
-async def list_tickets(
-    session: SessionDep,
+def _time_page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor([rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])])
+    return {"items": rows, "next_cursor": next_cursor}
+
+
+@router.get("/{ticket_id}/comments", response_model=Page[CommentRead])
+async def list_comments(
+    ticket_id: UUID,
+    session: TenantSessionDep,
     identity: IdentityDep,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> FastJSONResponse:
-    """Tickets of the caller's tenant, newest first, cursor-paginated."""
-    after = _parse_cursor(cursor) if cursor else None
-    rows = await service.list_tickets(session, identity, limit=limit, after=after)
+    """Comments oldest first; requesters see public replies only, never internal notes."""
+    after = _parse_time_cursor(cursor) if cursor else None
+    rows = await service.list_comments(session, identity, ticket_id, limit=limit, after=after)
+    return FastJSONResponse(_time_page(rows, limit))
+
+
+@router.post("/{ticket_id}/comments", status_code=201, response_model=CommentRead)
+async def add_comment(
+    ticket_id: UUID, data: CommentCreate, session: TenantSessionDep, identity: IdentityDep
+) -> FastJSONResponse:
+    """Reply publicly or add an internal note (agents). HTML is reduced to plain text."""
+    comment = await service.add_comment(session, identity, ticket_id, data)
+    return FastJSONResponse(comment, status_code=201)
+
+
+@router.get("/{ticket_id}/history", response_model=Page[HistoryEntry])
+async def list_history(
+    ticket_id: UUID,
+    session: TenantSessionDep,
+    identity: IdentityDep,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+) -> FastJSONResponse:
+    """Who changed which field from what to what, and when (agents and admins)."""
+    after = _parse_time_cursor(cursor) if cursor else None
+    rows = await service.list_history(session, identity, ticket_id, limit=limit, after=after)
+    return FastJSONResponse(_time_page(rows, limit))
+
+
+# -- list and search ---------------------------------------------------------------------------
+
+TextFilter = Annotated[str | None, Query(min_length=1, max_length=200)]
+ListFilter = Annotated[list[str], Query(max_length=50)]
+CUSTOM_FIELD_PREFIX = "cf."
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _custom_field_filters(request: Request) -> dict[str, str] | None:
+    pairs = {
+        key[len(CUSTOM_FIELD_PREFIX) :]: value
+        for key, value in request.query_params.multi_items()
+        if key.startswith(CUSTOM_FIELD_PREFIX)
+    }
+    for key, value in pairs.items():
+        if not (1 <= len(key) <= 64) or len(value) > 200 or "\x00" in key + value:
+            raise ProblemError(400, "Bad Request", f"invalid custom-field filter cf.{key[:64]}")
+    return pairs or None
+
+
+def _no_nul(values: list[str], name: str) -> tuple[str, ...]:
+    for value in values:
+        if "\x00" in value or len(value) > 200:
+            raise ProblemError(400, "Bad Request", f"invalid value for {name}")
+    return tuple(values)
+
+
+def _decode_list_cursor(cursor: str, sort: repository.Sort) -> list[Any]:
+    value_names = repository.SORT_VALUE_NAMES[sort.field]
+    values = decode_cursor(cursor, len(value_names) + 3)
+    if values[0] != sort.field or values[1] != ("desc" if sort.descending else "asc"):
+        raise ProblemError(
+            400,
+            "Bad Request",
+            "cursor belongs to another sort order",
+            type_="https://helpdesk.dev/problems/cursor",
+        )
+    try:
+        parsed: list[Any] = []
+        for name, raw in zip(value_names, values[2:-1], strict=True):
+            if name in ("created_at", "updated_at", "due_sort"):
+                parsed.append(
+                    datetime.fromisoformat(raw) if raw != "infinity" else datetime.max.replace(tzinfo=UTC)
+                )
+            elif name == "priority_rank":
+                parsed.append(int(raw))
+            else:
+                parsed.append(float(raw))
+        parsed.append(UUID(values[-1]))
+    except (TypeError, ValueError):
+        raise ProblemError(
+            400, "Bad Request", "malformed cursor", type_="https://helpdesk.dev/problems/cursor"
+        ) from None
+    return parsed
+
+
+def _encode_list_cursor(row: dict[str, Any], sort: repository.Sort) -> str:
+    values: list[Any] = [sort.field, "desc" if sort.descending else "asc"]
+    for name in repository.SORT_VALUE_NAMES[sort.field]:
+        value = row[name]
+        values.append(value.isoformat() if isinstance(value, datetime) else value)
+    values.append(str(row["id"]))
+    return encode_cursor(values)
+
+
+@router.get("", response_model=Page[SearchHit])
+async def list_tickets(
+    request: Request,
+    session: TenantSessionDep,
+    identity: IdentityDep,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+    status_: Annotated[ListFilter, Query(alias="status", description="Status key(s)")] = [],  # noqa: B006
+    status_category: Annotated[list[StatusCategory], Query(max_length=5)] = [],  # noqa: B006
+    priority: Annotated[list[Priority], Query(max_length=4)] = [],  # noqa: B006
+    category: ListFilter = [],  # noqa: B006
+    assignee: Annotated[TextFilter, Query(description="`me`, `none` or a user id")] = None,
+    group: TextFilter = None,
+    requester: TextFilter = None,
+    tag: Annotated[ListFilter, Query(description="Tickets having all these tags")] = [],  # noqa: B006
+    building: TextFilter = None,
+    floor: TextFilter = None,
+    room: TextFilter = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    updated_from: datetime | None = None,
+    updated_to: datetime | None = None,
+    overdue: bool = False,
+    due_before: datetime | None = None,
+    parent_id: UUID | None = None,
+    deleted: Annotated[bool, Query(description="Only soft-deleted tickets (admins)")] = False,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=search.MAX_QUERY_LENGTH,
+            description="Search subject, description and comments",
+        ),
+    ] = None,
+    sort: Literal["created_at", "updated_at", "priority", "due_at", "relevance"] | None = None,
+    order: Literal["asc", "desc"] = "desc",
+) -> FastJSONResponse:
+    """Tickets of the caller's tenant: filter, search, sort, cursor-paginate.
+
+    Custom fields filter as `cf.<name>=<value>`. With `q`, results are ranked by relevance
+    (unless another sort is asked for) and carry a highlighted snippet.
+    """
+    if q is not None and "\x00" in q:
+        raise ProblemError(400, "Bad Request", "q must not contain NUL characters")
+    sort_field = sort or ("relevance" if q else "created_at")
+    if sort_field == "relevance" and not q:
+        raise ProblemError(400, "Bad Request", "sort=relevance needs q")
+    sort_order = repository.Sort(sort_field, order == "desc")
+    filters = repository.TicketFilters(
+        statuses=_no_nul(status_, "status"),
+        status_categories=tuple(c.value for c in status_category),
+        priorities=tuple(p.value for p in priority),
+        categories=_no_nul(category, "category"),
+        assignee_id=None
+        if assignee in (None, "none")
+        else (identity.user_id if assignee == "me" else assignee),
+        unassigned=assignee == "none",
+        group_id=group,
+        requester_id=requester,
+        tags=_no_nul(tag, "tag"),
+        building=building,
+        floor=floor,
+        room=room,
+        created_from=_utc(created_from),
+        created_to=_utc(created_to),
+        updated_from=_utc(updated_from),
+        updated_to=_utc(updated_to),
+        custom_fields=_custom_field_filters(request),
+        overdue_at=datetime.now(UTC) if overdue else None,
+        due_before=_utc(due_before),
+        parent_id=str(parent_id) if parent_id else None,
+        deleted=deleted,
+        q=q,
+    )
+    after = _decode_list_cursor(cursor, sort_order) if cursor else None
+    rows = await service.list_tickets(session, identity, filters, sort_order, limit=limit, after=after)
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
-        last = rows[-1]
-        next_cursor = encode_cursor([last["created_at"].isoformat(), str(last["id"])])
+        next_cursor = _encode_list_cursor(rows[-1], sort_order)
+    for row in rows:
+        if q is not None:
+            row["highlight"] = search.highlight(q, row["subject"], row["description"])
+        for key in INTERNAL_KEYS:
+            if key in row and key != "rank":
+                del row[key]
     return FastJSONResponse({"items": rows, "next_cursor": next_cursor})

@@ -157,6 +157,6 @@ SNAPSHOT_FIELDS = [name for name in TicketSnapshot.model_fields if name != "tick
 
 
 def snapshot(ticket: dict[str, Any]) -> TicketSnapshot:
-    return TicketSnapshot(ticket_id=ticket["id"], **{name: ticket.get(name) for name in SNAPSHOT_FIELDS if name in ticket})
-
-
+    return TicketSnapshot(
+        ticket_id=ticket["id"], **{name: ticket.get(name) for name in SNAPSHOT_FIELDS if name in ticket}
+    )

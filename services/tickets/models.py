@@ -36,7 +36,9 @@ def _newest_first(*leading: str) -> list:
 
 
 # Tickets without a deadline sort after every deadline, in both directions of one index.
-DUE_SORT_KEY = text("(COALESCE(due_at, 'infinity'::timestamptz))")
+DUE_SORT_KEY = text("(COALESCE(due_at, 'infinity'::timestamp with time zone))")
+
+TICKET_TEXT = "((subject || ' '::text) || description)"
 
 tickets = Table(
     "tickets",
@@ -113,7 +115,19 @@ tickets = Table(
     Index("ix_tickets_tenant_id_building_floor_room", "tenant_id", "building", "floor", "room"),
     Index("ix_tickets_tenant_id_parent_id", "tenant_id", "parent_id"),
     Index("ix_tickets_tags", "tags", postgresql_using="gin"),
-    Index("ix_tickets_custom_fields", text("custom_fields jsonb_path_ops"), postgresql_using="gin"),
+    Index(
+        "ix_tickets_custom_fields",
+        "custom_fields",
+        postgresql_using="gin",
+        postgresql_ops={"custom_fields": "jsonb_path_ops"},
+    ),
+    # Search (migration 0003; services/tickets/search.py repeats these expressions).
+    Index(
+        "ix_tickets_search_tsv",
+        text("to_tsvector('simple'::regconfig, (subject || ' '::text) || description)"),
+        postgresql_using="gin",
+    ),
+    Index("ix_tickets_search_trgm", text(f"{TICKET_TEXT} public.gin_trgm_ops"), postgresql_using="gin"),
 )
 
 # Per-tenant ticket numbers (#1042): one counter row per tenant.
@@ -135,6 +149,8 @@ comments = Table(
     Column("body", Text, nullable=False),
     _created_at(),
     CheckConstraint("visibility IN ('public', 'internal')", name="visibility"),
+    Index("ix_comments_search_tsv", text("to_tsvector('simple'::regconfig, body)"), postgresql_using="gin"),
+    Index("ix_comments_search_trgm", text("body public.gin_trgm_ops"), postgresql_using="gin"),
     Index("ix_comments_tenant_id_ticket_id_created_at_id", "tenant_id", "ticket_id", "created_at", "id"),
 )
 
@@ -149,7 +165,9 @@ ticket_history = Table(
     Column("old_value", JSONB),
     Column("new_value", JSONB),
     _created_at(),
-    Index("ix_ticket_history_tenant_id_ticket_id_created_at_id", "tenant_id", "ticket_id", "created_at", "id"),
+    Index(
+        "ix_ticket_history_tenant_id_ticket_id_created_at_id", "tenant_id", "ticket_id", "created_at", "id"
+    ),
 )
 
 attachments = Table(

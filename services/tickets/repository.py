@@ -24,14 +24,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import Text
+from sqlalchemy.types import Integer, Text
 
 from libs.common.db import fetch_all, rows_as_dicts
 from libs.common.events import CloudEvent
 from libs.common.outbox import outbox_row_cte, outbox_row_params
 from services.tickets import search
 from services.tickets.models import (
-    DUE_SORT_KEY,
+    attachments,
     categories,
     comments,
     outbox,
@@ -52,7 +52,7 @@ TICKET_COLUMN_NAMES = [column.name for column in TICKET_COLUMNS]
 
 # -- numbers -----------------------------------------------------------------------------------
 
-_NEXT_TICKET_NUMBER = literal_column("tickets.next_ticket_number(:tenant_id)")
+_NEXT_TICKET_NUMBER = func.tickets.next_ticket_number(bindparam("tenant_id"), type_=Integer)
 
 
 async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
@@ -128,6 +128,12 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
         if row.get(key) is not None:
             row[key] = str(row[key])
     return row
+
+
+# Same expression as the (tenant_id, due sort key, id) index: no deadline sorts after every deadline.
+DUE_SORT_KEY = func.coalesce(
+    tickets.c.due_at, literal_column("'infinity'::timestamptz", tickets.c.due_at.type)
+)
 
 
 # -- read --------------------------------------------------------------------------------------
@@ -233,11 +239,14 @@ def _conditions(filters: TicketFilters, own_only: bool) -> list[ColumnElement]:
             where.append(column >= parameter if op == "ge" else column < parameter)
     if filters.overdue_at is not None:
         # Expressed on the due-date sort key so the (tenant_id, due sort key, id) index serves it.
-        where.append(DUE_SORT_KEY < bindparam("f_overdue_at", type_=c.due_at.type))
-        where.append(c.status_category != func.all(bindparam("closed_categories", CLOSED_CATEGORIES, type_=ARRAY(Text))))
+        where.append(bindparam("f_overdue_at", type_=c.due_at.type) > DUE_SORT_KEY)
+        where.append(
+            c.status_category
+            != func.all(bindparam("closed_categories", CLOSED_CATEGORIES, type_=ARRAY(Text)))
+        )
         where.append(c.sla_paused_at.is_(None))
     if filters.due_before is not None:
-        where.append(DUE_SORT_KEY < bindparam("f_due_before", type_=c.due_at.type))
+        where.append(bindparam("f_due_before", type_=c.due_at.type) > DUE_SORT_KEY)
     if filters.q is not None:
         where.append(search.matches(tickets, public_comments_only=own_only))
     return where
@@ -325,9 +334,11 @@ async def list_tickets(
 _GET_TICKET = select(*TICKET_COLUMNS).where(
     tickets.c.tenant_id == bindparam("tenant_id"), tickets.c.id == bindparam("ticket_id")
 )
-_GET_TICKET_FOR_UPDATE = select(*TICKET_COLUMNS, tickets.c.tenant_id).where(
-    tickets.c.tenant_id == bindparam("tenant_id"), tickets.c.id == bindparam("ticket_id")
-).with_for_update()
+_GET_TICKET_FOR_UPDATE = (
+    select(*TICKET_COLUMNS, tickets.c.tenant_id)
+    .where(tickets.c.tenant_id == bindparam("tenant_id"), tickets.c.id == bindparam("ticket_id"))
+    .with_for_update()
+)
 
 
 async def get_ticket(session: AsyncSession, tenant_id: str, ticket_id: UUID | str) -> dict[str, Any] | None:
@@ -359,9 +370,36 @@ async def update_ticket(
     return _plain(rows_as_dicts(await session.execute(query))[0])
 
 
+_SIMILAR_QUERIES = {same: search.similar_query(tickets, same_building=same) for same in (False, True)}
+
+
+async def similar_tickets(
+    session: AsyncSession, tenant_id: str, ticket: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Open tickets that look like duplicates of `ticket` (same tenant; same building when it has one)."""
+    same_building = ticket["building"] is not None
+    return await fetch_all(
+        session,
+        _SIMILAR_QUERIES[same_building],
+        tenant_id=tenant_id,
+        ticket_id=UUID(ticket["id"]),
+        text=f"{ticket['subject']} {ticket['description']}",
+        building=ticket["building"],
+        floor=ticket["floor"],
+        room=ticket["room"],
+    )
+
+
 # -- comments and history ----------------------------------------------------------------------
 
-COMMENT_COLUMNS = [comments.c.id, comments.c.ticket_id, comments.c.author_id, comments.c.visibility, comments.c.body, comments.c.created_at]
+COMMENT_COLUMNS = [
+    comments.c.id,
+    comments.c.ticket_id,
+    comments.c.author_id,
+    comments.c.visibility,
+    comments.c.body,
+    comments.c.created_at,
+]
 
 
 async def insert_comment(session: AsyncSession, values: dict[str, Any]) -> dict[str, Any]:
@@ -376,21 +414,42 @@ def _comments_query(public_only: bool, after: bool) -> Select:
     if public_only:
         where.append(comments.c.visibility == "public")
     if after:
-        where.append(tuple_(comments.c.created_at, comments.c.id) > tuple_(bindparam("after_created_at"), bindparam("after_id")))
-    return select(*COMMENT_COLUMNS).where(*where).order_by(comments.c.created_at, comments.c.id).limit(bindparam("limit"))
+        where.append(
+            tuple_(comments.c.created_at, comments.c.id)
+            > tuple_(bindparam("after_created_at"), bindparam("after_id"))
+        )
+    return (
+        select(*COMMENT_COLUMNS)
+        .where(*where)
+        .order_by(comments.c.created_at, comments.c.id)
+        .limit(bindparam("limit"))
+    )
 
 
-_COMMENT_QUERIES = {(public, after): _comments_query(public, after) for public in (False, True) for after in (False, True)}
+_COMMENT_QUERIES = {
+    (public, after): _comments_query(public, after) for public in (False, True) for after in (False, True)
+}
 
 
 async def list_comments(
-    session: AsyncSession, tenant_id: str, ticket_id: str, *, public_only: bool, limit: int, after: tuple[datetime, UUID] | None
+    session: AsyncSession,
+    tenant_id: str,
+    ticket_id: str,
+    *,
+    public_only: bool,
+    limit: int,
+    after: tuple[datetime, UUID] | None,
 ) -> list[dict[str, Any]]:
     query = _COMMENT_QUERIES[(public_only, after is not None)]
     after_created_at, after_id = after or (None, None)
     return await fetch_all(
-        session, query, tenant_id=tenant_id, ticket_id=UUID(ticket_id), limit=limit + 1,
-        after_created_at=after_created_at, after_id=after_id,
+        session,
+        query,
+        tenant_id=tenant_id,
+        ticket_id=UUID(ticket_id),
+        limit=limit + 1,
+        after_created_at=after_created_at,
+        after_id=after_id,
     )
 
 
@@ -403,18 +462,32 @@ async def move_comments(session: AsyncSession, tenant_id: str, from_ticket: str,
     return result.rowcount
 
 
+async def move_attachments(session: AsyncSession, tenant_id: str, from_ticket: str, to_ticket: str) -> int:
+    result = await session.execute(
+        update(attachments)
+        .where(attachments.c.tenant_id == tenant_id, attachments.c.ticket_id == UUID(from_ticket))
+        .values(ticket_id=UUID(to_ticket))
+    )
+    return result.rowcount
+
+
 async def insert_history(session: AsyncSession, entries: list[dict[str, Any]]) -> None:
     if entries:
         await session.execute(insert(ticket_history), entries)
 
 
-HISTORY_COLUMNS = [ticket_history.c[name] for name in ("id", "ticket_id", "actor_id", "field", "old_value", "new_value", "created_at")]
+HISTORY_COLUMNS = [
+    ticket_history.c[name]
+    for name in ("id", "ticket_id", "actor_id", "field", "old_value", "new_value", "created_at")
+]
 
 
 async def list_history(
     session: AsyncSession, tenant_id: str, ticket_id: str, *, limit: int, after: tuple[datetime, UUID] | None
 ) -> list[dict[str, Any]]:
-    query = select(*HISTORY_COLUMNS).where(ticket_history.c.tenant_id == tenant_id, ticket_history.c.ticket_id == UUID(ticket_id))
+    query = select(*HISTORY_COLUMNS).where(
+        ticket_history.c.tenant_id == tenant_id, ticket_history.c.ticket_id == UUID(ticket_id)
+    )
     if after is not None:
         query = query.where(tuple_(ticket_history.c.created_at, ticket_history.c.id) > tuple_(*after))
     query = query.order_by(ticket_history.c.created_at, ticket_history.c.id).limit(limit + 1)
@@ -436,7 +509,10 @@ async def list_statuses(session: AsyncSession, tenant_id: str) -> list[dict[str,
 
 async def insert_status(session: AsyncSession, tenant_id: str, values: dict[str, Any]) -> bool:
     result = await session.execute(
-        pg_insert(statuses).values(tenant_id=tenant_id, **values).on_conflict_do_nothing().returning(statuses.c.key)
+        pg_insert(statuses)
+        .values(tenant_id=tenant_id, **values)
+        .on_conflict_do_nothing()
+        .returning(statuses.c.key)
     )
     return result.first() is not None
 
@@ -454,13 +530,20 @@ async def status_in_use(session: AsyncSession, tenant_id: str, key: str) -> bool
 
 
 async def list_categories(session: AsyncSession, tenant_id: str) -> list[dict[str, Any]]:
-    query = select(categories.c.key, categories.c.name).where(categories.c.tenant_id == tenant_id).order_by(categories.c.key)
+    query = (
+        select(categories.c.key, categories.c.name)
+        .where(categories.c.tenant_id == tenant_id)
+        .order_by(categories.c.key)
+    )
     return rows_as_dicts(await session.execute(query))
 
 
 async def insert_category(session: AsyncSession, tenant_id: str, values: dict[str, Any]) -> bool:
     result = await session.execute(
-        pg_insert(categories).values(tenant_id=tenant_id, **values).on_conflict_do_nothing().returning(categories.c.key)
+        pg_insert(categories)
+        .values(tenant_id=tenant_id, **values)
+        .on_conflict_do_nothing()
+        .returning(categories.c.key)
     )
     return result.first() is not None
 
@@ -470,5 +553,3 @@ async def delete_category(session: AsyncSession, tenant_id: str, key: str) -> bo
         categories.delete().where(categories.c.tenant_id == tenant_id, categories.c.key == key)
     )
     return result.rowcount > 0
-
-

@@ -50,7 +50,9 @@ Subject = _text(500)
 Description = _text(100_000, min_length=0)
 ShortText = _text(200)
 Key = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), AfterValidator(_no_nul)]
+Tag = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), AfterValidator(_no_nul)
+]
 UserId = _text(200)
 Source = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9:_-]{0,39}$")]
 Email = Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
@@ -102,7 +104,9 @@ class TicketCreate(_Request):
     category: Key | None = None
     type: Key | None = None
     source: Source = "portal"
-    location: ShortText | None = Field(default=None, description="Free-text location, e.g. 'lobby by the east door'")
+    location: ShortText | None = Field(
+        default=None, description="Free-text location, e.g. 'lobby by the east door'"
+    )
     building: ShortText | None = None
     floor: ShortText | None = None
     room: ShortText | None = None
@@ -274,3 +278,21 @@ class TicketRead(BaseModel):
 class SearchHit(TicketRead):
     rank: float | None = None
     highlight: str | None = Field(default=None, description="Snippet with matches wrapped in <mark>")
+
+
+class SimilarTicket(BaseModel):
+    id: UUID
+    number: int
+    subject: str
+    status: str
+    status_category: StatusCategory
+    priority: Priority
+    category: str | None
+    location: str | None
+    building: str | None
+    floor: str | None
+    room: str | None
+    requester_id: str
+    assignee_id: str | None
+    created_at: datetime
+    score: float = Field(description="Similarity, higher is closer")

@@ -11,7 +11,21 @@ import html
 import re
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, Table, bindparam, func, literal_column, or_, select, union
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    or_,
+    select,
+    union,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import Text
 
 from services.tickets.models import comments
@@ -68,7 +82,9 @@ def highlight(q: str, *texts: str) -> str | None:
     terms = [term for term in re.split(r"\s+", q.strip()) if term]
     if not terms:
         return None
-    pattern = re.compile("|".join(re.escape(term) for term in sorted(terms, key=len, reverse=True)), re.IGNORECASE)
+    pattern = re.compile(
+        "|".join(re.escape(term) for term in sorted(terms, key=len, reverse=True)), re.IGNORECASE
+    )
     for text in texts:
         found = pattern.search(text or "")
         if not found:
@@ -81,3 +97,56 @@ def highlight(q: str, *texts: str) -> str | None:
     return None
 
 
+SIMILAR_LIMIT = 10
+SIMILAR_MIN_SCORE = 0.1
+_OPEN_CATEGORIES = ["open", "pending", "in_progress"]
+
+
+def similar_query(tickets: Table, *, same_building: bool) -> Select:
+    """Open tickets of the tenant resembling `:text`, best first.
+
+    With a building, candidates are the open tickets of that building (few; ten reports of one
+    broken elevator share it) scored by trigram similarity, plus a bonus for the same floor and
+    room. Without one, the trigram index finds candidates across the tenant.
+    """
+    text_similarity = func.public.similarity(_TICKET_TEXT, bindparam("text"))
+    score = text_similarity
+    where = [
+        tickets.c.tenant_id == bindparam("tenant_id"),
+        tickets.c.id != bindparam("ticket_id"),
+        tickets.c.deleted_at.is_(None),
+        tickets.c.merged_into_id.is_(None),
+        tickets.c.status_category
+        == func.any(bindparam("open_categories", _OPEN_CATEGORIES, type_=ARRAY(Text))),
+    ]
+    if same_building:
+        where.append(tickets.c.building == bindparam("building"))
+        same_floor = case((tickets.c.floor == bindparam("floor"), 0.2), else_=0.0)
+        same_room = case((tickets.c.room == bindparam("room"), 0.2), else_=0.0)
+        score = text_similarity + same_floor + same_room
+    else:
+        where.append(_TICKET_TEXT.op("OPERATOR(public.%)")(bindparam("text")))
+    return (
+        select(*[c for c in tickets.c if c.name in SIMILAR_COLUMNS], score.cast(Float).label("score"))
+        .where(and_(*where), text_similarity >= SIMILAR_MIN_SCORE)
+        .order_by(literal_column("score").desc(), tickets.c.created_at.desc())
+        .limit(SIMILAR_LIMIT)
+    )
+
+
+SIMILAR_COLUMNS = (
+    "id",
+    "number",
+    "subject",
+    "status",
+    "status_category",
+    "priority",
+    "category",
+    "location",
+    "building",
+    "floor",
+    "room",
+    "requester_id",
+    "assignee_id",
+    "created_at",
+)

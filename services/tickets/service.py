@@ -6,59 +6,674 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity
 from libs.common.errors import ProblemError
 from libs.common.events import build_event
 from libs.common.ids import new_id
+from libs.common.outbox import record_event
 from services.tickets import repository
-from services.tickets.events import SERVICE, TicketCreated
-from services.tickets.schemas import TicketCreate
+from services.tickets.events import (
+    SERVICE,
+    CommentAdded,
+    FieldChange,
+    TicketAssigned,
+    TicketCreated,
+    TicketDeleted,
+    TicketMerged,
+    TicketRestored,
+    TicketStatusChanged,
+    TicketUpdated,
+    snapshot,
+)
+from services.tickets.models import outbox
+from services.tickets.richtext import html_to_text
+from services.tickets.schemas import (
+    REQUESTER_UPDATE_FIELDS,
+    STAFF_ONLY_CREATE_FIELDS,
+    BulkUpdate,
+    CommentCreate,
+    TicketCreate,
+    TicketUpdate,
+)
+from services.tickets.sla import service as sla
+from services.tickets.workflow import Status, StatusCategory, Workflow
+
+STAFF_ROLES = ("agent", "admin", "service")
+# Fields whose changes are recorded in the history and announced in ticket.updated.
+TRACKED_FIELDS = (
+    "subject",
+    "description",
+    "status",
+    "priority",
+    "category",
+    "type",
+    "location",
+    "building",
+    "floor",
+    "room",
+    "requester_name",
+    "requester_email",
+    "assignee_id",
+    "group_id",
+    "tags",
+    "custom_fields",
+    "watchers",
+    "parent_id",
+    "due_at",
+    "first_response_due_at",
+    "first_responded_at",
+    "resolved_at",
+    "closed_at",
+    "merged_into_id",
+    "deleted_at",
+)
 
 
-def _only_own_tickets(identity: Identity) -> str | None:
+def is_staff(identity: Identity) -> bool:
+    return identity.has_any(*STAFF_ROLES)
+
+
+def own_requester_id(identity: Identity) -> str | None:
     """Requesters see only what they requested; agents, admins and services see the tenant's."""
-    return None if identity.has_any("agent", "admin", "service") else identity.user_id
+    return None if is_staff(identity) else identity.user_id
+
+
+def _not_found(ticket_id: UUID | str) -> ProblemError:
+    return ProblemError(404, "Not Found", f"ticket {ticket_id} not found")
+
+
+def _forbidden(detail: str) -> ProblemError:
+    return ProblemError(403, "Forbidden", detail, type_="https://helpdesk.dev/problems/forbidden")
+
+
+def _invalid(detail: str, field: str) -> ProblemError:
+    return ProblemError(
+        422,
+        "Unprocessable Content",
+        detail,
+        type_="https://helpdesk.dev/problems/validation",
+        errors=[{"field": field, "message": detail}],
+    )
+
+
+def _visible(ticket: dict[str, Any] | None, identity: Identity, *, include_deleted: bool = False) -> bool:
+    if ticket is None:
+        return False
+    if ticket["deleted_at"] is not None and not (include_deleted and identity.has_any("admin")):
+        return False
+    return is_staff(identity) or ticket["requester_id"] == identity.user_id
+
+
+async def load_workflow(session: AsyncSession, tenant_id: str) -> Workflow:
+    rows = await repository.list_statuses(session, tenant_id)
+    return Workflow(
+        [
+            Status(row["key"], row["name"], StatusCategory(row["category"]), False, row["position"])
+            for row in rows
+        ]
+    )
+
+
+async def _check_category(session: AsyncSession, tenant_id: str, category: str | None) -> None:
+    """A tenant that defined categories gets only those; a tenant without a list takes any key."""
+    if category is None:
+        return
+    defined = {row["key"] for row in await repository.list_categories(session, tenant_id)}
+    if defined and category not in defined:
+        raise _invalid(f"unknown category {category!r}; defined: {sorted(defined)}", "category")
+
+
+async def _check_parent(
+    session: AsyncSession, tenant_id: str, ticket_id: str | None, parent_id: UUID | None
+) -> None:
+    if parent_id is None:
+        return
+    if ticket_id is not None and str(parent_id) == ticket_id:
+        raise _invalid("a ticket cannot be its own parent", "parent_id")
+    seen = {ticket_id}
+    current: str | None = str(parent_id)
+    while current is not None:  # walk up: the new parent must exist and not descend from this ticket
+        parent = await repository.get_ticket(session, tenant_id, current)
+        if parent is None or parent["deleted_at"] is not None:
+            raise _invalid(f"parent ticket {parent_id} not found", "parent_id")
+        if current in seen:
+            raise _invalid("parent links may not form a cycle", "parent_id")
+        seen.add(current)
+        current = parent["parent_id"]
+
+
+def _event(tenant: str, aggregate: str, event: str, aggregate_id: str, data: BaseModel):
+    return build_event(
+        service=SERVICE, tenant=tenant, aggregate=aggregate, event=event, aggregate_id=aggregate_id, data=data
+    )
+
+
+async def _record(
+    session: AsyncSession, tenant: str, aggregate: str, event: str, aggregate_id: str, data: BaseModel
+) -> None:
+    subject, envelope = _event(tenant, aggregate, event, aggregate_id, data)
+    await record_event(session, outbox, subject, envelope)
+
+
+# -- create and read ---------------------------------------------------------------------------
 
 
 async def create_ticket(session: AsyncSession, identity: Identity, data: TicketCreate) -> dict[str, Any]:
+    if not is_staff(identity):
+        restricted = sorted(STAFF_ONLY_CREATE_FIELDS & data.model_fields_set)
+        if restricted:
+            raise _forbidden(f"requesters cannot set: {', '.join(restricted)}")
+    tenant = identity.tenant
+    await _check_category(session, tenant, data.category)
+    await _check_parent(session, tenant, None, data.parent_id)
     now = datetime.now(UTC)
-    values = {
-        "id": new_id(),
-        "tenant_id": identity.tenant,
-        "number": await repository.allocate_ticket_number(session, identity.tenant),
-        "subject": data.subject,
-        "description": data.description,
-        "status": "open",
-        "priority": data.priority.value,
-        "category": data.category,
-        "requester_id": identity.user_id,
-        "created_at": now,
-        "updated_at": now,
-    }
-    payload = TicketCreated(ticket_id=values["id"], assignee_id=None, **values)
-    subject, event = build_event(
-        service=SERVICE,
-        tenant=identity.tenant,
-        aggregate="ticket",
-        event="created",
-        aggregate_id=str(values["id"]),
-        data=payload,
+    deadlines = await sla.deadlines_for_new_ticket(session, tenant, data.priority.value, now)
+    values = data.model_dump(mode="python")
+    values.update(
+        id=new_id(),
+        tenant_id=tenant,
+        number=await repository.allocate_ticket_number(session, tenant),
+        status="open",
+        status_category="open",
+        priority=data.priority.value,
+        requester_id=data.requester_id or identity.user_id,
+        created_at=now,
+        updated_at=now,
+        **deadlines,
     )
+    payload = TicketCreated(
+        ticket_id=values["id"], **{k: v for k, v in values.items() if k in TicketCreated.model_fields}
+    )
+    subject, event = _event(tenant, "ticket", "created", str(values["id"]), payload)
     return await repository.insert_ticket(session, values, subject, event)
 
 
 async def get_ticket(session: AsyncSession, identity: Identity, ticket_id: UUID) -> dict[str, Any]:
-    ticket = await repository.get_ticket(session, identity.tenant, ticket_id, _only_own_tickets(identity))
-    if ticket is None:
-        raise ProblemError(404, "Not Found", f"ticket {ticket_id} not found")
+    ticket = await repository.get_ticket(session, identity.tenant, ticket_id)
+    if not _visible(ticket, identity, include_deleted=True):
+        raise _not_found(ticket_id)
     return ticket
 
 
 async def list_tickets(
-    session: AsyncSession, identity: Identity, *, limit: int, after: tuple[datetime, UUID] | None
+    session: AsyncSession,
+    identity: Identity,
+    filters: repository.TicketFilters,
+    sort: repository.Sort,
+    *,
+    limit: int,
+    after: list[Any] | None,
 ) -> list[dict[str, Any]]:
+    if filters.deleted and not identity.has_any("admin"):
+        raise _forbidden("only admins list deleted tickets")
     return await repository.list_tickets(
-        session, identity.tenant, limit=limit, after=after, requester_id=_only_own_tickets(identity)
+        session,
+        identity.tenant,
+        filters,
+        sort,
+        limit=limit,
+        after=after,
+        own_requester_id=own_requester_id(identity),
     )
+
+
+async def similar_tickets(session: AsyncSession, identity: Identity, ticket_id: UUID) -> list[dict[str, Any]]:
+    """Possible duplicates: open tickets of the tenant like this one, at the same location."""
+    if not is_staff(identity):
+        raise _forbidden("duplicate hints are for agents and admins")
+    ticket = await get_ticket(session, identity, ticket_id)
+    return await repository.similar_tickets(session, identity.tenant, ticket)
+
+
+# -- changes -----------------------------------------------------------------------------------
+
+
+def _workflow_timestamps(ticket: dict[str, Any], new: Status, now: datetime) -> dict[str, Any]:
+    """Resolved/closed times follow the status; reopening clears them."""
+    changes: dict[str, Any] = {"status": new.key, "status_category": new.category.value}
+    if new.category is StatusCategory.resolved:
+        changes["resolved_at"] = ticket["resolved_at"] or now
+        changes["closed_at"] = None
+    elif new.category is StatusCategory.closed:
+        changes["resolved_at"] = ticket["resolved_at"] or now
+        changes["closed_at"] = now
+    else:
+        changes["resolved_at"] = None
+        changes["closed_at"] = None
+    return changes
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    return value
+
+
+async def _apply_changes(
+    session: AsyncSession,
+    identity: Identity,
+    ticket: dict[str, Any],
+    requested: dict[str, Any],
+    workflow: Workflow,
+    now: datetime,
+) -> dict[str, Any]:
+    """Validate and write `requested` column changes on a locked ticket, with history and events."""
+    tenant = identity.tenant
+    changes = {
+        field: value for field, value in requested.items() if _json_value(value) != _json_value(ticket[field])
+    }
+    if "status" in changes:
+        new_status = workflow.get(changes["status"])
+        if new_status is None:
+            raise _invalid(f"unknown status {changes['status']!r}", "status")
+        if not workflow.can_move(ticket["status"], new_status.key):
+            allowed = workflow.allowed_next(ticket["status"])
+            raise ProblemError(
+                409,
+                "Conflict",
+                f"cannot move ticket #{ticket['number']} from {ticket['status']!r} to {new_status.key!r}; "
+                f"allowed next: {', '.join(allowed)}",
+                type_="https://helpdesk.dev/problems/invalid-transition",
+                ticket_id=ticket["id"],
+                current_status=ticket["status"],
+                allowed_next_statuses=allowed,
+            )
+        changes.update(_workflow_timestamps(ticket, new_status, now))
+    if "category" in changes:
+        await _check_category(session, tenant, changes["category"])
+    if "parent_id" in changes:
+        await _check_parent(session, tenant, ticket["id"], changes["parent_id"])
+    if not changes:
+        return ticket
+    after = {**ticket, **changes}
+    changes.update(await sla.deadline_changes(session, tenant, ticket, after, now))
+    changes = {
+        field: value for field, value in changes.items() if _json_value(value) != _json_value(ticket[field])
+    }
+    updated = await repository.update_ticket(session, tenant, ticket["id"], {**changes, "updated_at": now})
+    await _announce_changes(session, identity, ticket, updated, changes, now)
+    return updated
+
+
+async def _announce_changes(
+    session: AsyncSession,
+    identity: Identity,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    changes: dict[str, Any],
+    now: datetime,
+) -> None:
+    tenant, ticket_id = identity.tenant, after["id"]
+    tracked = {
+        field: FieldChange(old=_json_value(before[field]), new=_json_value(after[field]))
+        for field in changes
+        if field in TRACKED_FIELDS
+    }
+    await repository.insert_history(
+        session,
+        [
+            {
+                "id": new_id(),
+                "tenant_id": tenant,
+                "ticket_id": UUID(ticket_id),
+                "actor_id": identity.user_id,
+                "field": field,
+                "old_value": change.old,
+                "new_value": change.new,
+                "created_at": now,
+            }
+            for field, change in tracked.items()
+        ],
+    )
+    if not tracked:
+        return
+    state = snapshot(after)
+    await _record(
+        session,
+        tenant,
+        "ticket",
+        "updated",
+        ticket_id,
+        TicketUpdated(ticket_id=ticket_id, actor_id=identity.user_id, changes=tracked, ticket=state),
+    )
+    if "status" in tracked:
+        await _record(
+            session,
+            tenant,
+            "ticket",
+            "status_changed",
+            ticket_id,
+            TicketStatusChanged(
+                ticket_id=ticket_id,
+                actor_id=identity.user_id,
+                old_status=before["status"],
+                new_status=after["status"],
+                old_category=before["status_category"],
+                new_category=after["status_category"],
+                ticket=state,
+            ),
+        )
+    if "assignee_id" in tracked or "group_id" in tracked:
+        await _record(
+            session,
+            tenant,
+            "ticket",
+            "assigned",
+            ticket_id,
+            TicketAssigned(
+                ticket_id=ticket_id,
+                actor_id=identity.user_id,
+                old_assignee_id=before["assignee_id"],
+                new_assignee_id=after["assignee_id"],
+                old_group_id=before["group_id"],
+                new_group_id=after["group_id"],
+                ticket=state,
+            ),
+        )
+
+
+async def _lock_visible(session: AsyncSession, identity: Identity, ticket_id: UUID) -> dict[str, Any]:
+    rows = await repository.lock_tickets(session, identity.tenant, [ticket_id])
+    ticket = rows[0] if rows else None
+    if not _visible(ticket, identity):
+        raise _not_found(ticket_id)
+    return ticket
+
+
+async def update_ticket(
+    session: AsyncSession, identity: Identity, ticket_id: UUID, data: TicketUpdate, expected_version: int
+) -> dict[str, Any]:
+    ticket = await _lock_visible(session, identity, ticket_id)
+    if ticket["version"] != expected_version:
+        raise ProblemError(
+            412,
+            "Precondition Failed",
+            f"ticket changed since you read it (version {ticket['version']}, If-Match {expected_version}); "
+            "read it again and retry",
+            type_="https://helpdesk.dev/problems/stale-version",
+            headers={"ETag": f'W/"{ticket["version"]}"'},
+        )
+    requested = {field: getattr(data, field) for field in data.model_fields_set}
+    if not is_staff(identity):
+        restricted = sorted(set(requested) - REQUESTER_UPDATE_FIELDS)
+        if restricted:
+            raise _forbidden(f"requesters cannot change: {', '.join(restricted)}")
+    if "priority" in requested:
+        requested["priority"] = requested["priority"].value
+    workflow = await load_workflow(session, identity.tenant)
+    return await _apply_changes(session, identity, ticket, requested, workflow, datetime.now(UTC))
+
+
+async def bulk_update(session: AsyncSession, identity: Identity, data: BulkUpdate) -> list[dict[str, Any]]:
+    """All tickets change in one transaction, or none do; each changed ticket gets its own events."""
+    if not is_staff(identity):
+        raise _forbidden("only agents and admins update tickets in bulk")
+    ids = list(dict.fromkeys(data.ids))
+    rows = {row["id"]: row for row in await repository.lock_tickets(session, identity.tenant, ids)}
+    missing = [str(ticket_id) for ticket_id in ids if not _visible(rows.get(str(ticket_id)), identity)]
+    if missing:
+        raise ProblemError(404, "Not Found", f"tickets not found: {', '.join(missing)}", missing_ids=missing)
+    workflow = await load_workflow(session, identity.tenant)
+    now = datetime.now(UTC)
+    results = []
+    for ticket_id in ids:
+        ticket = rows[str(ticket_id)]
+        requested: dict[str, Any] = {}
+        for field in ("status", "assignee_id"):
+            if field in data.model_fields_set:
+                requested[field] = getattr(data, field)
+        if data.priority is not None:
+            requested["priority"] = data.priority.value
+        if data.tags is not None or data.add_tags or data.remove_tags:
+            tags = list(data.tags) if data.tags is not None else list(ticket["tags"])
+            tags += [tag for tag in data.add_tags or [] if tag not in tags]
+            requested["tags"] = [tag for tag in tags if tag not in set(data.remove_tags or [])]
+        results.append(await _apply_changes(session, identity, ticket, requested, workflow, now))
+    return results
+
+
+# -- comments ----------------------------------------------------------------------------------
+
+
+async def add_comment(
+    session: AsyncSession, identity: Identity, ticket_id: UUID, data: CommentCreate
+) -> dict[str, Any]:
+    ticket = await _lock_visible(session, identity, ticket_id)
+    if data.visibility == "internal" and not is_staff(identity):
+        raise _forbidden("requesters cannot write internal notes")
+    body = html_to_text(data.body) if data.content_type == "text/html" else data.body
+    if not body.strip():
+        raise _invalid("the comment is empty (after removing HTML)", "body")
+    now = datetime.now(UTC)
+    comment = await repository.insert_comment(
+        session,
+        {
+            "id": new_id(),
+            "tenant_id": identity.tenant,
+            "ticket_id": UUID(ticket["id"]),
+            "author_id": identity.user_id,
+            "visibility": data.visibility,
+            "body": body,
+            "created_at": now,
+        },
+    )
+    # The first public reply by staff to someone else's ticket is the first response (SLA).
+    ticket_changes: dict[str, Any] = {"updated_at": now}
+    if (
+        data.visibility == "public"
+        and is_staff(identity)
+        and identity.user_id != ticket["requester_id"]
+        and ticket["first_responded_at"] is None
+    ):
+        ticket_changes["first_responded_at"] = now
+    updated = await repository.update_ticket(session, identity.tenant, ticket["id"], ticket_changes)
+    if "first_responded_at" in ticket_changes:
+        await repository.insert_history(
+            session,
+            [
+                {
+                    "id": new_id(),
+                    "tenant_id": identity.tenant,
+                    "ticket_id": UUID(ticket["id"]),
+                    "actor_id": identity.user_id,
+                    "field": "first_responded_at",
+                    "old_value": None,
+                    "new_value": now.isoformat(),
+                    "created_at": now,
+                }
+            ],
+        )
+    await _record(
+        session,
+        identity.tenant,
+        "comment",
+        "added",
+        comment["id"],
+        CommentAdded(
+            comment_id=comment["id"],
+            ticket_id=ticket["id"],
+            author_id=identity.user_id,
+            visibility=data.visibility,
+            body=body,
+            created_at=now,
+            ticket=snapshot(updated),
+        ),
+    )
+    return comment
+
+
+async def list_comments(
+    session: AsyncSession,
+    identity: Identity,
+    ticket_id: UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, UUID] | None,
+) -> list[dict[str, Any]]:
+    await get_ticket(session, identity, ticket_id)
+    return await repository.list_comments(
+        session, identity.tenant, str(ticket_id), public_only=not is_staff(identity), limit=limit, after=after
+    )
+
+
+async def list_history(
+    session: AsyncSession,
+    identity: Identity,
+    ticket_id: UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, UUID] | None,
+) -> list[dict[str, Any]]:
+    await get_ticket(session, identity, ticket_id)
+    if not is_staff(identity):
+        raise _forbidden("the change history is for agents and admins")
+    return await repository.list_history(session, identity.tenant, str(ticket_id), limit=limit, after=after)
+
+
+# -- merge, delete, restore --------------------------------------------------------------------
+
+
+async def merge_ticket(
+    session: AsyncSession, identity: Identity, ticket_id: UUID, into_id: UUID
+) -> dict[str, Any]:
+    """Move the ticket's comments and attachments to `into_id`, close it and point it there."""
+    if not is_staff(identity):
+        raise _forbidden("only agents and admins merge tickets")
+    if ticket_id == into_id:
+        raise _invalid("a ticket cannot be merged into itself", "into_ticket_id")
+    rows = {
+        row["id"]: row
+        for row in await repository.lock_tickets(session, identity.tenant, [ticket_id, into_id])
+    }
+    source, target = rows.get(str(ticket_id)), rows.get(str(into_id))
+    if not _visible(source, identity):
+        raise _not_found(ticket_id)
+    if not _visible(target, identity):
+        raise _invalid(f"target ticket {into_id} not found", "into_ticket_id")
+    for ticket in (source, target):
+        if ticket["merged_into_id"] is not None:
+            raise ProblemError(
+                409,
+                "Conflict",
+                f"ticket #{ticket['number']} is already merged into {ticket['merged_into_id']}",
+            )
+    now = datetime.now(UTC)
+    moved = await repository.move_comments(session, identity.tenant, source["id"], target["id"])
+    await repository.move_attachments(session, identity.tenant, source["id"], target["id"])
+    changes = {
+        **_workflow_timestamps(source, Workflow([]).get("closed"), now),
+        "merged_into_id": target["id"],
+    }
+    merged = await repository.update_ticket(
+        session, identity.tenant, source["id"], {**changes, "updated_at": now}
+    )
+    await repository.update_ticket(session, identity.tenant, target["id"], {"updated_at": now})
+    history = [
+        {
+            "id": new_id(),
+            "tenant_id": identity.tenant,
+            "ticket_id": UUID(source["id"]),
+            "actor_id": identity.user_id,
+            "field": field,
+            "old_value": _json_value(source[field]),
+            "new_value": _json_value(merged[field]),
+            "created_at": now,
+        }
+        for field in changes
+        if field in TRACKED_FIELDS and _json_value(source[field]) != _json_value(merged[field])
+    ]
+    await repository.insert_history(session, history)
+    await _record(
+        session,
+        identity.tenant,
+        "ticket",
+        "merged",
+        source["id"],
+        TicketMerged(
+            ticket_id=source["id"],
+            into_ticket_id=target["id"],
+            actor_id=identity.user_id,
+            moved_comments=moved,
+            ticket=snapshot(merged),
+        ),
+    )
+    return merged
+
+
+async def delete_ticket(session: AsyncSession, identity: Identity, ticket_id: UUID) -> None:
+    if not identity.has_any("admin"):
+        raise _forbidden("only admins delete tickets")
+    ticket = await _lock_visible(session, identity, ticket_id)
+    now = datetime.now(UTC)
+    deleted = await repository.update_ticket(
+        session, identity.tenant, ticket["id"], {"deleted_at": now, "updated_at": now}
+    )
+    await repository.insert_history(
+        session,
+        [
+            {
+                "id": new_id(),
+                "tenant_id": identity.tenant,
+                "ticket_id": UUID(ticket["id"]),
+                "actor_id": identity.user_id,
+                "field": "deleted_at",
+                "old_value": None,
+                "new_value": now.isoformat(),
+                "created_at": now,
+            }
+        ],
+    )
+    await _record(
+        session,
+        identity.tenant,
+        "ticket",
+        "deleted",
+        ticket["id"],
+        TicketDeleted(
+            ticket_id=ticket["id"], actor_id=identity.user_id, deleted_at=now, ticket=snapshot(deleted)
+        ),
+    )
+
+
+async def restore_ticket(session: AsyncSession, identity: Identity, ticket_id: UUID) -> dict[str, Any]:
+    if not identity.has_any("admin"):
+        raise _forbidden("only admins restore tickets")
+    rows = await repository.lock_tickets(session, identity.tenant, [ticket_id])
+    if not rows:
+        raise _not_found(ticket_id)
+    ticket = rows[0]
+    if ticket["deleted_at"] is None:
+        raise ProblemError(409, "Conflict", f"ticket {ticket_id} is not deleted")
+    now = datetime.now(UTC)
+    restored = await repository.update_ticket(
+        session, identity.tenant, ticket["id"], {"deleted_at": None, "updated_at": now}
+    )
+    await repository.insert_history(
+        session,
+        [
+            {
+                "id": new_id(),
+                "tenant_id": identity.tenant,
+                "ticket_id": UUID(ticket["id"]),
+                "actor_id": identity.user_id,
+                "field": "deleted_at",
+                "old_value": _json_value(ticket["deleted_at"]),
+                "new_value": None,
+                "created_at": now,
+            }
+        ],
+    )
+    await _record(
+        session,
+        identity.tenant,
+        "ticket",
+        "restored",
+        ticket["id"],
+        TicketRestored(ticket_id=ticket["id"], actor_id=identity.user_id, ticket=snapshot(restored)),
+    )
+    return restored

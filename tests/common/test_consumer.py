@@ -71,6 +71,7 @@ async def publish_ticket_created(nc, tenant: str, subject_text: str) -> CloudEve
         subject=subject_text,
         description="",
         status="open",
+        status_category="open",
         priority="low",
         category=None,
         requester_id="r",

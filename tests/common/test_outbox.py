@@ -163,6 +163,7 @@ def _payload(n: int) -> dict:
         "subject": f"s{n}",
         "description": "",
         "status": "open",
+        "status_category": "open",
         "priority": "low",
         "category": None,
         "requester_id": "r",

@@ -86,7 +86,11 @@ def upgrade() -> None:
             "id DESC",
         ],
         # Tickets without a deadline sort after every deadline, in both directions of one index.
-        "ix_tickets_tenant_id_due_sort_id": ["tenant_id", "(COALESCE(due_at, 'infinity'::timestamptz))", "id"],
+        "ix_tickets_tenant_id_due_sort_id": [
+            "tenant_id",
+            "(COALESCE(due_at, 'infinity'::timestamptz))",
+            "id",
+        ],
         "ix_tickets_tenant_id_status_created_at_id": ["tenant_id", "status", "created_at DESC", "id DESC"],
         "ix_tickets_tenant_id_status_category_created_at_id": [
             "tenant_id",
@@ -94,22 +98,35 @@ def upgrade() -> None:
             "created_at DESC",
             "id DESC",
         ],
-        "ix_tickets_tenant_id_priority_created_at_id": ["tenant_id", "priority", "created_at DESC", "id DESC"],
-        "ix_tickets_tenant_id_category_created_at_id": ["tenant_id", "category", "created_at DESC", "id DESC"],
+        "ix_tickets_tenant_id_priority_created_at_id": [
+            "tenant_id",
+            "priority",
+            "created_at DESC",
+            "id DESC",
+        ],
+        "ix_tickets_tenant_id_category_created_at_id": [
+            "tenant_id",
+            "category",
+            "created_at DESC",
+            "id DESC",
+        ],
         "ix_tickets_tenant_id_assignee_id_created_at_id": [
             "tenant_id",
             "assignee_id",
             "created_at DESC",
             "id DESC",
         ],
-        "ix_tickets_tenant_id_group_id_created_at_id": ["tenant_id", "group_id", "created_at DESC", "id DESC"],
+        "ix_tickets_tenant_id_group_id_created_at_id": [
+            "tenant_id",
+            "group_id",
+            "created_at DESC",
+            "id DESC",
+        ],
         "ix_tickets_tenant_id_building_floor_room": ["tenant_id", "building", "floor", "room"],
         "ix_tickets_tenant_id_parent_id": ["tenant_id", "parent_id"],
     }.items():
         op.create_index(name, "tickets", [sa.text(column) for column in columns], schema=SCHEMA)
-    op.create_index(
-        "ix_tickets_tags", "tickets", ["tags"], postgresql_using="gin", schema=SCHEMA
-    )
+    op.create_index("ix_tickets_tags", "tickets", ["tags"], postgresql_using="gin", schema=SCHEMA)
     op.create_index(
         "ix_tickets_custom_fields",
         "tickets",
@@ -240,7 +257,7 @@ def upgrade() -> None:
         f"""CREATE TRIGGER ticket_numbers_register_tenant AFTER INSERT ON "{SCHEMA}".ticket_numbers
         FOR EACH ROW EXECUTE FUNCTION "{SCHEMA}".register_tenant()"""
     )
-    op.execute(f"INSERT INTO \"{SCHEMA}\".tenants (tenant_id) SELECT tenant_id FROM \"{SCHEMA}\".ticket_numbers")
+    op.execute(f'INSERT INTO "{SCHEMA}".tenants (tenant_id) SELECT tenant_id FROM "{SCHEMA}".ticket_numbers')
 
     for table in TENANT_TABLES:
         op.execute(f'ALTER TABLE "{SCHEMA}".{table} ENABLE ROW LEVEL SECURITY')
@@ -287,10 +304,31 @@ def downgrade() -> None:
     ]:
         op.drop_index(index, table_name="tickets", schema=SCHEMA)
     for column in [
-        "summary", "deleted_at", "merged_into_id", "parent_id", "resolution_breached_at",
-        "first_response_breached_at", "sla_paused_at", "closed_at", "resolved_at", "first_responded_at",
-        "first_response_due_at", "due_at", "watchers", "custom_fields", "tags", "group_id",
-        "requester_email", "requester_name", "room", "floor", "building", "location",
-        "priority_rank", "status_category", "source", "type",
+        "summary",
+        "deleted_at",
+        "merged_into_id",
+        "parent_id",
+        "resolution_breached_at",
+        "first_response_breached_at",
+        "sla_paused_at",
+        "closed_at",
+        "resolved_at",
+        "first_responded_at",
+        "first_response_due_at",
+        "due_at",
+        "watchers",
+        "custom_fields",
+        "tags",
+        "group_id",
+        "requester_email",
+        "requester_name",
+        "room",
+        "floor",
+        "building",
+        "location",
+        "priority_rank",
+        "status_category",
+        "source",
+        "type",
     ]:
         op.drop_column("tickets", column, schema=SCHEMA)

@@ -33,7 +33,9 @@ def upgrade() -> None:
         f'CREATE INDEX ix_comments_search_tsv ON "{SCHEMA}".comments '
         "USING gin (to_tsvector('simple'::regconfig, body))"
     )
-    op.execute(f'CREATE INDEX ix_comments_search_trgm ON "{SCHEMA}".comments USING gin (body public.gin_trgm_ops)')
+    op.execute(
+        f'CREATE INDEX ix_comments_search_trgm ON "{SCHEMA}".comments USING gin (body public.gin_trgm_ops)'
+    )
     # nextval() for ticket numbers under row-level security: scopes its own statement to the
     # tenant (called in autocommit mode, so the setting ends with the statement).
     op.execute(
@@ -52,5 +54,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(f'DROP FUNCTION IF EXISTS "{SCHEMA}".next_ticket_number(text)')
-    for index in ["ix_comments_search_trgm", "ix_comments_search_tsv", "ix_tickets_search_trgm", "ix_tickets_search_tsv"]:
+    for index in [
+        "ix_comments_search_trgm",
+        "ix_comments_search_tsv",
+        "ix_tickets_search_trgm",
+        "ix_tickets_search_tsv",
+    ]:
         op.execute(f'DROP INDEX IF EXISTS "{SCHEMA}".{index}')
