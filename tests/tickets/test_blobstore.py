@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -180,14 +181,16 @@ def run_s3_server() -> Iterator[S3Server]:
         iam = boto3.client(
             "iam", endpoint_url=url, aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1"
         )
-        iam.create_user(UserName="helpdesk")
+        # moto keeps its state per process, shared by every server started in it: fresh names.
+        user = f"helpdesk-{uuid.uuid4().hex[:12]}"
+        iam.create_user(UserName=user)
         policy = {
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
         }
-        iam.put_user_policy(UserName="helpdesk", PolicyName="s3", PolicyDocument=json.dumps(policy))
-        key = iam.create_access_key(UserName="helpdesk")["AccessKey"]
-        s3 = S3Server(url, key["AccessKeyId"], key["SecretAccessKey"], "helpdesk-attachments")
+        iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        s3 = S3Server(url, key["AccessKeyId"], key["SecretAccessKey"], f"attachments-{user}")
         s3.boto().create_bucket(Bucket=s3.bucket)
         moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
         yield s3
