@@ -7,7 +7,7 @@ import pytest
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
-from tests.tickets.support import admin_fetch, create_ticket, outbox_types
+from tests.tickets.support import admin_fetch, create_ticket, outbox_types, patch_ticket
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,31 @@ async def test_comments_page_oldest_first(tickets, people):
         if cursor is None:
             break
     assert bodies == ["c0", "c1", "c2", "c3", "c4"]
+
+
+@pytest.mark.parametrize("waiting_status", ["pending", "resolved"])
+async def test_a_requester_reply_puts_a_waiting_ticket_back_in_the_queue(tickets, people, waiting_status):
+    ticket = await create_ticket(tickets, people["requester"])
+    moved = await patch_ticket(tickets, people["agent"], ticket, status=waiting_status)
+    assert moved.status_code == 200
+    await comment(tickets, people["requester"], ticket, "사진 첨부합니다 / here is the photo")
+    current = (await tickets.get(f"/api/v1/tickets/{ticket['id']}", headers=people["agent"])).json()
+    assert current["status"] == "open" and current["resolved_at"] is None
+    history = (await tickets.get(f"/api/v1/tickets/{ticket['id']}/history", headers=people["agent"])).json()
+    reopen = [e for e in history["items"] if e["field"] == "status"][-1]
+    assert (reopen["old_value"], reopen["new_value"], reopen["actor_id"]) == (waiting_status, "open", "req-1")
+
+
+async def test_an_agent_note_does_not_reopen_and_a_closed_ticket_stays_closed(tickets, people):
+    ticket = await create_ticket(tickets, people["requester"])
+    pending = (await patch_ticket(tickets, people["agent"], ticket, status="pending")).json()
+    await comment(tickets, people["agent"], pending, "still waiting for the photo")
+    assert (await tickets.get(f"/api/v1/tickets/{ticket['id']}", headers=people["agent"])).json()[
+        "status"
+    ] == "pending"
+    closed = (await tickets.get(f"/api/v1/tickets/{ticket['id']}", headers=people["agent"])).json()
+    closed = (await patch_ticket(tickets, people["agent"], closed, status="closed")).json()
+    await comment(tickets, people["requester"], closed, "thanks!")
+    assert (await tickets.get(f"/api/v1/tickets/{ticket['id']}", headers=people["agent"])).json()[
+        "status"
+    ] == "closed"
