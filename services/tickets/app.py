@@ -5,6 +5,8 @@ from fastapi import FastAPI
 from libs.common.dead_letters import dead_letters_router
 from libs.common.service_app import ServiceDefinition, create_service_app
 from services.tickets import models
+from services.tickets.attachments.endpoints import close_blob_store
+from services.tickets.attachments.endpoints import router as attachments_router
 from services.tickets.consumers import subscriptions
 from services.tickets.endpoints import router, settings_router
 from services.tickets.events import EVENTS, STREAM
@@ -19,10 +21,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name="tickets",
             description="Tickets: the ticket domain of the helpdesk.",
             settings=settings or Settings(),
-            # SLA first: its fixed paths must win over the tickets router's /{ticket_id} routes.
+            # Fixed paths first: the tickets router's `/{ticket_id}` routes would shadow them.
             routers=[
                 sla_router,
                 settings_router,
+                attachments_router,
                 router,
                 dead_letters_router("/api/v1/tickets", models.dead_letters),
             ],
@@ -30,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             outbox=models.outbox,
             inbox=models.inbox,
             dead_letters=models.dead_letters,
-            background_jobs=[run_sla_scheduler],
+            background_jobs=[run_sla_scheduler, close_blob_store],
             subscriptions=subscriptions,
             events=EVENTS,
         )
