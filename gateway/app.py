@@ -90,7 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
 
     # Added innermost first: a 413 still gets CORS headers, a request id and a metric.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.upload_max_body_bytes,
+    )
     # Level 1 makes JSON about 10 % bigger than level 6 at 60 % of the CPU time.
     app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_minimum_bytes, compresslevel=1)
     if settings.cors_origins:

@@ -266,7 +266,9 @@ async def _apply_changes(
     """Validate and write `requested` column changes on a locked ticket, with history and events."""
     tenant = identity.tenant
     changes = {
-        field: value for field, value in requested.items() if _json_value(value) != _json_value(ticket[field])
+        field: value
+        for field, value in requested.items()
+        if _json_value(value) != _json_value(ticket.get(field))
     }
     if "status" in changes:
         new_status = workflow.get(changes["status"])
@@ -290,11 +292,13 @@ async def _apply_changes(
     if "parent_id" in changes:
         await _check_parent(session, tenant, ticket["id"], changes["parent_id"])
     if not changes:
-        return ticket
+        return repository.client_view(ticket)
     after = {**ticket, **changes}
     changes.update(await sla.deadline_changes(session, tenant, ticket, after, now))
     changes = {
-        field: value for field, value in changes.items() if _json_value(value) != _json_value(ticket[field])
+        field: value
+        for field, value in changes.items()
+        if _json_value(value) != _json_value(ticket.get(field))
     }
     updated = await repository.update_ticket(session, tenant, ticket["id"], {**changes, "updated_at": now})
     await _announce_changes(session, identity, ticket, updated, changes, now)
