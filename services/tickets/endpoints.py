@@ -389,6 +389,8 @@ async def list_tickets(
     """
     if q is not None and "\x00" in q:
         raise ProblemError(400, "Bad Request", "q must not contain NUL characters")
+    if q is not None and search.tsquery_text(q) is None:
+        return FastJSONResponse({"items": [], "next_cursor": None})  # nothing searchable in q
     sort_field = sort or ("relevance" if q else "created_at")
     if sort_field == "relevance" and not q:
         raise ProblemError(400, "Bad Request", "sort=relevance needs q")

@@ -17,7 +17,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 
 from libs.common.consumer import dead_letter_table, inbox_table
 from libs.common.db import make_metadata
@@ -90,6 +90,19 @@ tickets = Table(
     Column("parent_id", UUID(as_uuid=True)),
     Column("merged_into_id", UUID(as_uuid=True)),
     Column("deleted_at", DateTime(timezone=True)),
+    # Search: the Hangul bigrams of subject + description (written by the service, see
+    # search.hangul_bigrams) and the stored vector of words + bigrams the database derives.
+    Column("search_bigrams", Text, nullable=False, server_default=""),
+    Column(
+        "search_vector",
+        TSVECTOR,
+        Computed(
+            "to_tsvector('simple'::regconfig, (subject || ' '::text) || description) "
+            "|| to_tsvector('simple'::regconfig, search_bigrams)",
+            persisted=True,
+        ),
+        nullable=False,
+    ),
     # Latest AI summary (from summarization's summary.completed), shown with the ticket.
     Column("summary", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -121,12 +134,8 @@ tickets = Table(
         postgresql_using="gin",
         postgresql_ops={"custom_fields": "jsonb_path_ops"},
     ),
-    # Search (migration 0003; services/tickets/search.py repeats these expressions).
-    Index(
-        "ix_tickets_search_tsv",
-        text("to_tsvector('simple'::regconfig, (subject || ' '::text) || description)"),
-        postgresql_using="gin",
-    ),
+    # Search (migrations 0003, 0005): words + Hangul bigrams per tenant; trigrams for duplicate hints.
+    Index("ix_tickets_tenant_id_search_vector", "tenant_id", "search_vector", postgresql_using="gin"),
     Index("ix_tickets_search_trgm", text(f"{TICKET_TEXT} public.gin_trgm_ops"), postgresql_using="gin"),
     # SLA breach scan (migration 0004): only tickets whose breach is still to be announced.
     Index(
@@ -168,9 +177,18 @@ comments = Table(
     Column("visibility", Text, nullable=False),
     Column("body", Text, nullable=False),
     _created_at(),
+    Column("search_bigrams", Text, nullable=False, server_default=""),
+    Column(
+        "search_vector",
+        TSVECTOR,
+        Computed(
+            "to_tsvector('simple'::regconfig, body) || to_tsvector('simple'::regconfig, search_bigrams)",
+            persisted=True,
+        ),
+        nullable=False,
+    ),
     CheckConstraint("visibility IN ('public', 'internal')", name="visibility"),
-    Index("ix_comments_search_tsv", text("to_tsvector('simple'::regconfig, body)"), postgresql_using="gin"),
-    Index("ix_comments_search_trgm", text("body public.gin_trgm_ops"), postgresql_using="gin"),
+    Index("ix_comments_tenant_id_search_vector", "tenant_id", "search_vector", postgresql_using="gin"),
     Index("ix_comments_tenant_id_ticket_id_created_at_id", "tenant_id", "ticket_id", "created_at", "id"),
 )
 

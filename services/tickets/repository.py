@@ -45,7 +45,14 @@ TICKET_COLUMNS = [
     column
     for column in tickets.c
     if column.name
-    not in {"tenant_id", "priority_rank", "first_response_breached_at", "resolution_breached_at"}
+    not in {
+        "tenant_id",
+        "priority_rank",
+        "first_response_breached_at",
+        "resolution_breached_at",
+        "search_bigrams",
+        "search_vector",
+    }
 ]
 TICKET_COLUMN_NAMES = [column.name for column in TICKET_COLUMNS]
 BREACH_COLUMNS = [tickets.c.first_response_breached_at, tickets.c.resolution_breached_at]
@@ -104,6 +111,7 @@ _INSERT_COLUMNS = [
     "parent_id",
     "due_at",
     "first_response_due_at",
+    "search_bigrams",
     "created_at",
     "updated_at",
 ]
@@ -185,7 +193,7 @@ SORT_KEYS: dict[str, list[ColumnElement]] = {
     "updated_at": [tickets.c.updated_at, tickets.c.id],
     "priority": [tickets.c.priority_rank, tickets.c.created_at, tickets.c.id],
     "due_at": [DUE_SORT_KEY, tickets.c.id],
-    "relevance": [search.rank(), tickets.c.id],  # only with q
+    "relevance": [search.rank(tickets), tickets.c.id],  # only with q
 }
 # Row keys holding each sort's keyset values (before id), for the next cursor.
 SORT_VALUE_NAMES = {
@@ -292,7 +300,7 @@ def _list_query(filters: TicketFilters, sort: Sort, own_only: bool, after: bool)
     extra = {
         "due_at": [DUE_SORT_KEY.label("due_sort")],
         "priority": [tickets.c.priority_rank],
-        "relevance": [search.rank().label("rank")],
+        "relevance": [search.rank(tickets).label("rank")],
     }.get(sort.field, [])
     query = select(*TICKET_COLUMNS, *extra).where(and_(*where)).order_by(*order).limit(bindparam("limit"))
     _LIST_QUERIES[key] = query

@@ -14,7 +14,7 @@ from libs.common.errors import ProblemError
 from libs.common.events import build_event
 from libs.common.ids import new_id
 from libs.common.outbox import record_event
-from services.tickets import repository
+from services.tickets import repository, search
 from services.tickets.events import (
     SERVICE,
     CommentAdded,
@@ -181,6 +181,7 @@ async def create_ticket(session: AsyncSession, identity: Identity, data: TicketC
         status_category="open",
         priority=data.priority.value,
         requester_id=data.requester_id or identity.user_id,
+        search_bigrams=search.hangul_bigrams(f"{data.subject} {data.description}"),
         created_at=now,
         updated_at=now,
         **deadlines,
@@ -294,6 +295,8 @@ async def _apply_changes(
     if not changes:
         return repository.client_view(ticket)
     after = {**ticket, **changes}
+    if "subject" in changes or "description" in changes:
+        changes["search_bigrams"] = search.hangul_bigrams(f"{after['subject']} {after['description']}")
     changes.update(await sla.deadline_changes(session, tenant, ticket, after, now))
     changes = {
         field: value
@@ -464,6 +467,7 @@ async def add_comment(
             "author_id": identity.user_id,
             "visibility": data.visibility,
             "body": body,
+            "search_bigrams": search.hangul_bigrams(body),
             "created_at": now,
         },
     )

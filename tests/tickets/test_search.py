@@ -173,3 +173,27 @@ async def test_similar_without_a_building_uses_text_similarity(tickets, infra):
     await create_ticket(tickets, agent, subject="Coffee machine empty")
     found = (await tickets.get(f"/api/v1/tickets/{first['id']}/similar", headers=agent)).json()["items"]
     assert [item["id"] for item in found] == [second["id"]]
+
+
+def test_hangul_bigrams_cover_every_run_in_order():
+    from services.tickets.search import hangul_bigrams
+
+    assert hangul_bigrams("3층 엘리베이터가 멈춤, Elevator") == "엘리 리베 베이 이터 터가 멈춤"
+    assert hangul_bigrams("물 샘") == ""  # one-syllable words are found as words, not bigrams
+
+
+def test_query_terms_become_prefixes_and_korean_phrases():
+    from services.tickets.search import tsquery_text
+
+    assert tsquery_text("Elev 누수") == "('elev':*) & ('누수':* | ('누수'))"
+    assert tsquery_text("엘리베이터") == "('엘리베이터':* | ('엘리' <-> '리베' <-> '베이' <-> '이터'))"
+    assert tsquery_text("%_'") is None
+
+
+async def test_korean_terms_match_inside_longer_words_and_english_prefixes(tickets, corpus):
+    _, agent, _, made = corpus
+    assert names(await search(tickets, agent, "리베이"), made) == {"elevator_ko"}  # middle of 엘리베이터가
+    assert names(await search(tickets, agent, "터가"), made) == {"elevator_ko"}
+    assert names(await search(tickets, agent, "elev"), made) == {"elevator_en"}
+    assert names(await search(tickets, agent, "엘리베이터 문이"), made) == {"elevator_ko"}  # all terms
+    assert await search(tickets, agent, "엘리베이터 printer") == []

@@ -7,13 +7,10 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
-import pytest
 
 from bench import seed_tickets, tickets_scale
 from services.tickets import endpoints
 from tests.conftest import Infra, unique_tenant
-
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_seeded_tickets_are_consistent_and_numbering_continues(infra: Infra) -> None:

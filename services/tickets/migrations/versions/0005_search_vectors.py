@@ -1,0 +1,82 @@
+"""tickets: stored search vectors with Hangul bigrams, indexed per tenant
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-22
+
+Trigrams cannot serve a two-syllable Korean term (누수 has no complete trigram), so such a
+search read every row of the tenant. Each ticket and comment now keeps the overlapping
+two-syllable pieces of its Hangul text (`search_bigrams`, written by the service) and a stored
+`search_vector` = words + those bigrams; a Korean term becomes a phrase of its bigrams, which
+finds it inside longer words. The GIN index leads with tenant_id (btree_gin), so a search
+touches one tenant's postings.
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+SCHEMA = "tickets"
+
+VECTORS = {
+    "tickets": "to_tsvector('simple'::regconfig, (subject || ' '::text) || description) "
+    "|| to_tsvector('simple'::regconfig, search_bigrams)",
+    "comments": "to_tsvector('simple'::regconfig, body) || to_tsvector('simple'::regconfig, search_bigrams)",
+}
+TEXT_COLUMNS = {"tickets": ["subject", "description"], "comments": ["body"]}
+
+
+def _backfill(table: str) -> None:
+    """Existing rows get their bigrams from the same Python function the service uses."""
+    from services.tickets.search import hangul_bigrams
+
+    bind = op.get_bind()
+    columns = ", ".join(TEXT_COLUMNS[table])
+    rows = bind.execute(sa.text(f'SELECT id, {columns} FROM "{SCHEMA}".{table}')).all()
+    updates = [{"id": row[0], "bigrams": hangul_bigrams(" ".join(row[1:]))} for row in rows]
+    if updates:
+        bind.execute(
+            sa.text(f'UPDATE "{SCHEMA}".{table} SET search_bigrams = :bigrams WHERE id = :id'), updates
+        )
+
+
+def upgrade() -> None:
+    op.execute("CREATE EXTENSION IF NOT EXISTS btree_gin WITH SCHEMA public")
+    for table, vector in VECTORS.items():
+        op.add_column(
+            table, sa.Column("search_bigrams", sa.Text(), nullable=False, server_default=""), schema=SCHEMA
+        )
+        _backfill(table)
+        op.add_column(
+            table,
+            sa.Column(
+                "search_vector", postgresql.TSVECTOR(), sa.Computed(vector, persisted=True), nullable=False
+            ),
+            schema=SCHEMA,
+        )
+        op.execute(
+            f'CREATE INDEX ix_{table}_tenant_id_search_vector ON "{SCHEMA}".{table} USING gin (tenant_id, search_vector)'
+        )
+    for index in ["ix_tickets_search_tsv", "ix_comments_search_tsv", "ix_comments_search_trgm"]:
+        op.execute(f'DROP INDEX IF EXISTS "{SCHEMA}".{index}')
+
+
+def downgrade() -> None:
+    op.execute(
+        f'CREATE INDEX ix_tickets_search_tsv ON "{SCHEMA}".tickets '
+        "USING gin (to_tsvector('simple'::regconfig, (subject || ' ' || description)))"
+    )
+    op.execute(
+        f"CREATE INDEX ix_comments_search_tsv ON \"{SCHEMA}\".comments USING gin (to_tsvector('simple'::regconfig, body))"
+    )
+    op.execute(
+        f'CREATE INDEX ix_comments_search_trgm ON "{SCHEMA}".comments USING gin (body public.gin_trgm_ops)'
+    )
+    for table in VECTORS:
+        op.execute(f'DROP INDEX IF EXISTS "{SCHEMA}".ix_{table}_tenant_id_search_vector')
+        op.drop_column(table, "search_vector", schema=SCHEMA)
+        op.drop_column(table, "search_bigrams", schema=SCHEMA)
