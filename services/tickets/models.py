@@ -189,6 +189,7 @@ comments = Table(
     ),
     CheckConstraint("visibility IN ('public', 'internal')", name="visibility"),
     Index("ix_comments_tenant_id_search_vector", "tenant_id", "search_vector", postgresql_using="gin"),
+    Index("ix_comments_tenant_id_created_at", "tenant_id", text("created_at DESC")),
     Index("ix_comments_tenant_id_ticket_id_created_at_id", "tenant_id", "ticket_id", "created_at", "id"),
 )
 

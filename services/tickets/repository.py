@@ -262,7 +262,8 @@ def _conditions(filters: TicketFilters, own_only: bool) -> list[ColumnElement]:
     if filters.due_before is not None:
         where.append(bindparam("f_due_before", type_=c.due_at.type) > DUE_SORT_KEY)
     if filters.q is not None:
-        where.append(search.matches(tickets, public_comments_only=own_only))
+        # The ticket-side hits carry the other filters too, so the cap on hits applies after them.
+        where.append(search.matches(tickets, ticket_conditions=list(where), public_comments_only=own_only))
     return where
 
 
