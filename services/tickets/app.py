@@ -16,7 +16,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name="tickets",
             description="Tickets: the ticket domain of the helpdesk.",
             settings=settings or Settings(),
-            routers=[settings_router, router, dead_letters_router("/api/v1/tickets", models.dead_letters)],
+            # Fixed paths first: /api/v1/tickets/{ticket_id} would take /api/v1/tickets/dead-letters.
+            routers=[settings_router, dead_letters_router("/api/v1/tickets", models.dead_letters), router],
             produces_stream=STREAM,
             outbox=models.outbox,
             inbox=models.inbox,
