@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from gateway import auth, openapi, proxy
+from gateway import asyncapi, auth, openapi, proxy
 from gateway.body_limit import BodySizeLimitMiddleware
 from gateway.settings import Settings
 from libs.common.auth import TokenVerifier
@@ -79,16 +79,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.token_verifier = token_verifier
     app.state.openapi = openapi.MergedOpenAPI(app, upstreams, settings.openapi_cache_s)
+    app.state.asyncapi = asyncapi.merged_asyncapi(upstreams, settings.openapi_cache_s)
     install_problem_handlers(app)
     # The proxied prefixes carry nearly all traffic, so the router tries them first.
     app.router.routes.extend(proxy.proxy_routes(proxies))
     app.include_router(health_router)
     app.include_router(metrics_router)
     app.include_router(openapi.router)
+    app.include_router(asyncapi.router)
     app.include_router(auth.router)
 
     # Added innermost first: a 413 still gets CORS headers, a request id and a metric.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.upload_max_body_bytes,
+    )
     # Level 1 makes JSON about 10 % bigger than level 6 at 60 % of the CPU time.
     app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_minimum_bytes, compresslevel=1)
     if settings.cors_origins:

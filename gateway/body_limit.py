@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.common.errors import PROBLEM_BASE, ProblemError, problem_response
@@ -18,17 +20,24 @@ class BodyTooLargeError(ProblemError):
         )
 
 
+# File uploads (ticket attachments) have their own, larger limit; the service enforces its own too.
+UPLOAD_PATH = re.compile(r"^/api/v1/tickets/[^/]+/attachments/?$")
+
+
 class BodySizeLimitMiddleware:
     """413 for a declared Content-Length over the limit; chunked bodies are counted as they arrive."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.upload_max_bytes = max(upload_max_bytes or max_bytes, max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = UPLOAD_PATH.match(scope["path"]) is not None
+        max_bytes = self.upload_max_bytes if upload else self.default_max_bytes
         chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -37,8 +46,8 @@ class BodySizeLimitMiddleware:
                     response = problem_response(400, "Bad Request", "invalid Content-Length header")
                     await response(scope, receive, send)
                     return
-                if int(value) > self.max_bytes:
-                    await self._reject(scope, receive, send)
+                if int(value) > max_bytes:
+                    await self._reject(scope, receive, send, max_bytes)
                     return
                 await self.app(scope, receive, send)
                 return
@@ -56,9 +65,9 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     tripped = True
-                    raise BodyTooLargeError(self.max_bytes)
+                    raise BodyTooLargeError(max_bytes)
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -69,7 +78,7 @@ class BodySizeLimitMiddleware:
                     # Whatever the app made of the aborted body (FastAPI says 400, a proxy 502),
                     # the client gets the real reason.
                     replaced = True
-                    await self._reject(scope, receive, send)
+                    await self._reject(scope, receive, send, max_bytes)
                     return
             elif replaced:
                 return
@@ -80,10 +89,10 @@ class BodySizeLimitMiddleware:
         except BodyTooLargeError:
             if response_started:
                 raise
-            await self._reject(scope, receive, send)
+            await self._reject(scope, receive, send, max_bytes)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = BodyTooLargeError(self.max_bytes)
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
+        error = BodyTooLargeError(max_bytes)
         response = problem_response(
             error.status, error.title, error.detail, type_=error.type, headers=error.headers
         )

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -114,12 +115,19 @@ def merge_documents(own: dict[str, Any], upstream_documents: list[tuple[Upstream
     return merged
 
 
-class MergedOpenAPI:
-    """Builds the merged document on demand and keeps it for a short while."""
+class MergedDocument:
+    """A document merged from every reachable service's `path`, built on demand and kept for a while."""
 
-    def __init__(self, app: FastAPI, upstreams: list[Upstream], cache_s: float) -> None:
-        self.app = app
+    def __init__(
+        self,
+        upstreams: list[Upstream],
+        path: str,
+        merge: Callable[[list[tuple[Upstream, dict[str, Any]]]], dict[str, Any]],
+        cache_s: float,
+    ) -> None:
         self.upstreams = upstreams
+        self.path = path
+        self.merge = merge
         self.cache_s = cache_s
         self._body: bytes | None = None
         self._expires_at = 0.0
@@ -127,12 +135,14 @@ class MergedOpenAPI:
 
     async def _fetch(self, client: httpx.AsyncClient, upstream: Upstream) -> dict[str, Any] | None:
         try:
-            response = await client.get(upstream.url.rstrip("/") + "/openapi.json")
+            response = await client.get(upstream.url.rstrip("/") + self.path)
             response.raise_for_status()
             document = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             # A service that is down must not take the documentation of the others with it.
-            log.warning("upstream_openapi_unavailable", upstream=upstream.name, error=repr(exc))
+            log.warning(
+                "upstream_document_unavailable", upstream=upstream.name, path=self.path, error=repr(exc)
+            )
             return None
         return document if isinstance(document, dict) else None
 
@@ -146,10 +156,19 @@ class MergedOpenAPI:
             async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S) as client:
                 fetched = await asyncio.gather(*(self._fetch(client, u) for u in self.upstreams))
             documents = [(u, doc) for u, doc in zip(self.upstreams, fetched, strict=True) if doc is not None]
-            merged = merge_documents(self.app.openapi(), documents)
-            self._body = json.dumps(merged, ensure_ascii=False).encode()
+            self._body = json.dumps(self.merge(documents), ensure_ascii=False).encode()
             self._expires_at = time.monotonic() + self.cache_s
             return self._body
+
+
+class MergedOpenAPI(MergedDocument):
+    """The gateway's own OpenAPI document plus every service's public paths."""
+
+    def __init__(self, app: FastAPI, upstreams: list[Upstream], cache_s: float) -> None:
+        self.app = app
+        super().__init__(
+            upstreams, "/openapi.json", lambda documents: merge_documents(app.openapi(), documents), cache_s
+        )
 
 
 router = APIRouter(include_in_schema=False)

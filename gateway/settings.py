@@ -25,6 +25,8 @@ class Settings(CommonSettings):
 
     cors_origins: list[str] = []
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Attachment uploads (multipart); keep it a little above the tickets service's file limit.
+    upload_max_body_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
     upstream_timeout_s: float = Field(default=30.0, gt=0)
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     upstream_max_connections: int = Field(default=100, ge=1)

@@ -62,6 +62,24 @@ _SUBJECTS = [
 ]
 
 
+# Where maintenance tickets happen: (building, floor, room) picked per ticket.
+_PLACES = [
+    ("본관", "3", None),
+    ("본관", "2", "201"),
+    ("별관", "B2", None),
+    ("Tower A", "5", "504"),
+    ("Tower A", "1", None),
+]
+# What an agent does with some of them: (status, public reply).
+_FOLLOW_UPS = [
+    ("in_progress", "기사님이 확인 중입니다. / A technician is on the way."),
+    ("pending", "Could you send a photo of the problem?"),
+    ("resolved", "수리가 완료되었습니다. / Fixed, please let us know if it happens again."),
+    (None, None),
+    (None, None),
+]
+
+
 def seed_demo_tickets(gateway_url: str, passwords: dict[str, str], count: int = 50) -> int:
     """Create `count` demo tickets through the gateway as the demo requester and agent."""
     rng = random.Random(7)
@@ -74,19 +92,45 @@ def seed_demo_tickets(gateway_url: str, passwords: dict[str, str], count: int = 
             )
             response.raise_for_status()
             tokens[role] = response.json()["access_token"]
+        agent_id = client.get(
+            "/api/v1/auth/me", headers={"Authorization": f"Bearer {tokens['agent']}"}
+        ).json()["user_id"]
         for n in range(count):
             subject, description, category, priority = _SUBJECTS[n % len(_SUBJECTS)]
             role = "requester" if rng.random() < 0.6 else "agent"
+            body = {
+                "subject": subject,
+                "description": description,
+                "category": category,
+                "priority": priority,
+            }
+            if category == "maintenance":
+                body["building"], body["floor"], body["room"] = rng.choice(_PLACES)
+                body["tags"] = ["facilities"]
+            if role == "agent":
+                body["source"] = rng.choice(["phone", "email", "chat"])
             response = client.post(
                 "/api/v1/tickets",
-                json={
-                    "subject": subject,
-                    "description": description,
-                    "category": category,
-                    "priority": priority,
-                },
+                json=body,
                 headers={"Authorization": f"Bearer {tokens[role]}", "Idempotency-Key": f"demo-seed-{n}"},
             )
             response.raise_for_status()
             created += 1
+            _follow_up(client, tokens["agent"], agent_id, response.json(), *rng.choice(_FOLLOW_UPS))
     return created
+
+
+def _follow_up(
+    client: httpx.Client, token: str, agent_id: str, ticket: dict, status: str | None, reply: str | None
+) -> None:
+    """An agent works the ticket a little, so the demo shows replies, statuses and history."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if reply:
+        client.post(f"/api/v1/tickets/{ticket['id']}/comments", json={"body": reply}, headers=headers)
+    if status:
+        current = client.get(f"/api/v1/tickets/{ticket['id']}", headers=headers)
+        client.patch(
+            f"/api/v1/tickets/{ticket['id']}",
+            json={"status": status, "assignee_id": agent_id},
+            headers={**headers, "If-Match": current.headers["etag"]},
+        ).raise_for_status()

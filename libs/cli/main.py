@@ -248,6 +248,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 2
 
 
+def cmd_events_schemas(args: argparse.Namespace) -> int:
+    from libs.cli import event_schemas
+
+    out_dir = Path(args.out)
+    if args.check:
+        stale = event_schemas.differences(out_dir)
+        for name in stale:
+            print(f"out of date: {out_dir / name}", file=sys.stderr)
+        return 1 if stale else 0
+    for name in event_schemas.write(out_dir):
+        print(f"updated {out_dir / name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="helpdesk", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -280,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=20.0)
     bench.add_argument("--concurrency", type=int, default=32)
     bench.set_defaults(func=cmd_bench)
+
+    events = commands.add_parser("events", help="the published event contract").add_subparsers(
+        dest="events_command", required=True
+    )
+    schemas = events.add_parser("schemas", help="write the payload JSON Schemas and AsyncAPI to docs/events")
+    schemas.add_argument("--out", default="docs/events")
+    schemas.add_argument("--check", action="store_true", help="only report files that are out of date")
+    schemas.set_defaults(func=cmd_events_schemas)
     return parser
 
 

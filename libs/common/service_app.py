@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import nats
 import structlog
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Response
 from nats.aio.client import Client as NATS
+from pydantic import BaseModel
 from sqlalchemy import Table
 
+from libs.common.asyncapi import build_asyncapi
 from libs.common.auth import TokenVerifier
 from libs.common.consumer import ConsumerRunner, Subscription
 from libs.common.db import create_engine, create_session_factory
@@ -41,6 +44,9 @@ class ServiceDefinition:
     inbox: Table | None = None
     dead_letters: Table | None = None
     subscriptions: list[Subscription] = field(default_factory=list)
+    # What the service publishes, (aggregate, event) -> payload model (its events.EVENTS):
+    # served as AsyncAPI at GET /asyncapi.json.
+    events: Mapping[tuple[str, str], type[BaseModel]] = field(default_factory=dict)
     # Long-running jobs of the service (schedulers): started after start-up, each gets the app
     # and an event set at shutdown, and must return soon after it is set.
     background_jobs: list[Callable[[FastAPI, asyncio.Event], Awaitable[None]]] = field(default_factory=list)
@@ -139,6 +145,25 @@ class Messaging:
                 await asyncio.wait_for(nc.drain(), timeout=5.0)
 
 
+def asyncapi_router(definition: ServiceDefinition) -> APIRouter:
+    """`GET /asyncapi.json`: the events this service publishes; the gateway merges them all."""
+    # Built now, so a contract that cannot be described (clashing schema names) fails start-up.
+    document = build_asyncapi(
+        definition.name,
+        definition.events,
+        nats_url=definition.settings.nats_url,
+        description=definition.description,
+    )
+    body = json.dumps(document, ensure_ascii=False).encode()
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/asyncapi.json")
+    async def asyncapi() -> Response:
+        return Response(body, media_type="application/json")
+
+    return router
+
+
 def create_service_app(definition: ServiceDefinition) -> FastAPI:
     """Build the FastAPI app of one service with every shared piece wired in."""
     settings = definition.settings
@@ -187,6 +212,7 @@ def create_service_app(definition: ServiceDefinition) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health_router)
     app.include_router(metrics_router)
+    app.include_router(asyncapi_router(definition))
     for router in definition.routers:
         app.include_router(router)
     app.add_middleware(MetricsMiddleware, service=definition.name)

@@ -6,7 +6,7 @@ from libs.common.dead_letters import dead_letters_router
 from libs.common.service_app import ServiceDefinition, create_service_app
 from services.summarization import models
 from services.summarization.consumers import subscriptions
-from services.summarization.events import STREAM
+from services.summarization.events import EVENTS, STREAM
 from services.summarization.settings import Settings
 
 
@@ -22,5 +22,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             inbox=models.inbox,
             dead_letters=models.dead_letters,
             subscriptions=subscriptions,
+            events=EVENTS,
         )
     )

@@ -63,10 +63,7 @@ async def list_statuses(session: TenantSessionDep, identity: IdentityDep) -> dic
     workflow = await service.load_workflow(session, identity.tenant)
     items = [
         {"key": s.key, "name": s.name, "category": s.category, "builtin": s.builtin, "position": s.position}
-        for s in sorted(
-            workflow.statuses.values(),
-            key=lambda s: (list(StatusCategory).index(s.category), s.position, s.key),
-        )
+        for s in workflow.ordered()
     ]
     return {"items": items, "next_cursor": None}
 

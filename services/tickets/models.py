@@ -128,6 +128,26 @@ tickets = Table(
         postgresql_using="gin",
     ),
     Index("ix_tickets_search_trgm", text(f"{TICKET_TEXT} public.gin_trgm_ops"), postgresql_using="gin"),
+    # SLA breach scan (migration 0004): only tickets whose breach is still to be announced.
+    Index(
+        "ix_tickets_sla_first_response_scan",
+        "tenant_id",
+        "first_response_due_at",
+        postgresql_where=text(
+            "first_response_due_at IS NOT NULL AND first_responded_at IS NULL "
+            "AND first_response_breached_at IS NULL AND sla_paused_at IS NULL AND deleted_at IS NULL "
+            "AND status_category NOT IN ('resolved', 'closed')"
+        ),
+    ),
+    Index(
+        "ix_tickets_sla_resolution_scan",
+        "tenant_id",
+        "due_at",
+        postgresql_where=text(
+            "due_at IS NOT NULL AND resolution_breached_at IS NULL AND sla_paused_at IS NULL "
+            "AND deleted_at IS NULL AND status_category NOT IN ('resolved', 'closed')"
+        ),
+    ),
 )
 
 # Per-tenant ticket numbers (#1042): one counter row per tenant.

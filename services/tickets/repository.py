@@ -48,6 +48,12 @@ TICKET_COLUMNS = [
     not in {"tenant_id", "priority_rank", "first_response_breached_at", "resolution_breached_at"}
 ]
 TICKET_COLUMN_NAMES = [column.name for column in TICKET_COLUMNS]
+BREACH_COLUMNS = [tickets.c.first_response_breached_at, tickets.c.resolution_breached_at]
+
+
+def client_view(row: dict[str, Any]) -> dict[str, Any]:
+    """The row without internal columns (breach marks)."""
+    return {name: row[name] for name in TICKET_COLUMN_NAMES if name in row}
 
 
 # -- numbers -----------------------------------------------------------------------------------
@@ -347,9 +353,12 @@ async def get_ticket(session: AsyncSession, tenant_id: str, ticket_id: UUID | st
 
 
 async def lock_tickets(session: AsyncSession, tenant_id: str, ticket_ids: list[UUID]) -> list[dict[str, Any]]:
-    """Rows locked for update (in id order, so concurrent bulk updates cannot deadlock)."""
+    """Rows locked for update (in id order, so concurrent bulk updates cannot deadlock).
+
+    They include the SLA breach marks (not shown to clients) so a change can clear them.
+    """
     query = (
-        select(*TICKET_COLUMNS)
+        select(*TICKET_COLUMNS, *BREACH_COLUMNS)
         .where(tickets.c.tenant_id == tenant_id, tickets.c.id.in_(ticket_ids))
         .order_by(tickets.c.id)
         .with_for_update()

@@ -40,15 +40,15 @@ class _TextExtractor(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list) -> None:
         if tag in _DROPPED_TAGS:
             self.dropping += 1
+        elif tag == "li":
+            self.parts.append("\n- ")
         elif tag in _BLOCK_TAGS:
             self.parts.append("\n")
-        if tag == "li":
-            self.parts.append("- ")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _DROPPED_TAGS:
             self.dropping = max(0, self.dropping - 1)
-        elif tag in _BLOCK_TAGS:
+        elif tag in _BLOCK_TAGS and tag != "li":
             self.parts.append("\n")
 
     def handle_data(self, data: str) -> None:

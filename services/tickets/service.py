@@ -43,6 +43,7 @@ from services.tickets.sla import service as sla
 from services.tickets.workflow import Status, StatusCategory, Workflow
 
 STAFF_ROLES = ("agent", "admin", "service")
+REOPENED_BY_REQUESTER_REPLY = ("pending", "resolved")
 # Fields whose changes are recorded in the history and announced in ticket.updated.
 TRACKED_FIELDS = (
     "subject",
@@ -266,7 +267,9 @@ async def _apply_changes(
     """Validate and write `requested` column changes on a locked ticket, with history and events."""
     tenant = identity.tenant
     changes = {
-        field: value for field, value in requested.items() if _json_value(value) != _json_value(ticket[field])
+        field: value
+        for field, value in requested.items()
+        if _json_value(value) != _json_value(ticket.get(field))
     }
     if "status" in changes:
         new_status = workflow.get(changes["status"])
@@ -290,11 +293,13 @@ async def _apply_changes(
     if "parent_id" in changes:
         await _check_parent(session, tenant, ticket["id"], changes["parent_id"])
     if not changes:
-        return ticket
+        return repository.client_view(ticket)
     after = {**ticket, **changes}
     changes.update(await sla.deadline_changes(session, tenant, ticket, after, now))
     changes = {
-        field: value for field, value in changes.items() if _json_value(value) != _json_value(ticket[field])
+        field: value
+        for field, value in changes.items()
+        if _json_value(value) != _json_value(ticket.get(field))
     }
     updated = await repository.update_ticket(session, tenant, ticket["id"], {**changes, "updated_at": now})
     await _announce_changes(session, identity, ticket, updated, changes, now)
@@ -467,32 +472,23 @@ async def add_comment(
             "created_at": now,
         },
     )
+    requested: dict[str, Any] = {}
     # The first public reply by staff to someone else's ticket is the first response (SLA).
-    ticket_changes: dict[str, Any] = {"updated_at": now}
     if (
         data.visibility == "public"
         and is_staff(identity)
         and identity.user_id != ticket["requester_id"]
         and ticket["first_responded_at"] is None
     ):
-        ticket_changes["first_responded_at"] = now
-    updated = await repository.update_ticket(session, identity.tenant, ticket["id"], ticket_changes)
-    if "first_responded_at" in ticket_changes:
-        await repository.insert_history(
-            session,
-            [
-                {
-                    "id": new_id(),
-                    "tenant_id": identity.tenant,
-                    "ticket_id": UUID(ticket["id"]),
-                    "actor_id": identity.user_id,
-                    "field": "first_responded_at",
-                    "old_value": None,
-                    "new_value": now.isoformat(),
-                    "created_at": now,
-                }
-            ],
-        )
+        requested["first_responded_at"] = now
+    # A requester answering a ticket that waits on them (or was resolved) puts it back in the queue.
+    if not is_staff(identity) and ticket["status_category"] in REOPENED_BY_REQUESTER_REPLY:
+        requested["status"] = StatusCategory.open.value
+    if requested:
+        workflow = await load_workflow(session, identity.tenant) if "status" in requested else Workflow([])
+        updated = await _apply_changes(session, identity, ticket, requested, workflow, now)
+    else:
+        updated = await repository.update_ticket(session, identity.tenant, ticket["id"], {"updated_at": now})
     await _record(
         session,
         identity.tenant,

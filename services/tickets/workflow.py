@@ -67,20 +67,21 @@ class Workflow:
     def get(self, key: str) -> Status | None:
         return self.statuses.get(key)
 
+    def ordered(self) -> list[Status]:
+        """Display order: by category, the built-in status first, then the tenant's by position."""
+        categories = list(StatusCategory)
+        return sorted(
+            self.statuses.values(),
+            key=lambda s: (categories.index(s.category), not s.builtin, s.position, s.key),
+        )
+
     def allowed_next(self, current_key: str) -> list[str]:
         """Statuses a ticket in `current_key` may move to, in display order."""
         current = self.statuses[current_key]
-        reachable = CATEGORY_TRANSITIONS[current.category] | (
-            {current.category} if current.category is not StatusCategory.closed else set()
-        )
-        return [
-            status.key
-            for status in sorted(
-                self.statuses.values(),
-                key=lambda s: (list(StatusCategory).index(s.category), s.position, s.key),
-            )
-            if status.category in reachable and status.key != current_key
-        ]
+        reachable = set(CATEGORY_TRANSITIONS[current.category])
+        if current.category is not StatusCategory.closed:
+            reachable.add(current.category)  # e.g. pending -> waiting_on_vendor
+        return [s.key for s in self.ordered() if s.category in reachable and s.key != current_key]
 
     def can_move(self, current_key: str, new_key: str) -> bool:
         return new_key in self.allowed_next(current_key)

@@ -119,6 +119,7 @@ def gateway_settings(infra: Infra, echo_url: str, **overrides) -> Settings:
         "analytics_url": f"http://127.0.0.1:{free_port()}",
         "cors_origins": [ALLOWED_ORIGIN],
         "max_body_bytes": MAX_BODY_BYTES,
+        "upload_max_body_bytes": MAX_BODY_BYTES * 4,
         "upstream_timeout_s": UPSTREAM_TIMEOUT_S,
         "openapi_cache_s": 0,
         "login_max_failures": 5,

@@ -58,3 +58,21 @@ async def test_chunked_body_under_the_limit_is_streamed_upstream(gateway: Gatewa
     assert response.status_code == 200, response.text
     assert response.json()["method"] == "PUT"
     assert response.json()["body_length"] == MAX_BODY_BYTES - 10
+
+
+async def test_attachment_uploads_have_their_own_larger_limit(gateway: Gateway, infra: Infra) -> None:
+    headers = auth_headers(infra, "acme", ["agent"])
+    upload = "/api/v1/tickets/0190f0f0-0000-7000-8000-000000000001/attachments"
+    over_default = MAX_BODY_BYTES * 2
+    accepted = await gateway.client.post(upload, content=chunks(over_default), headers=headers)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["body_length"] == over_default
+    elsewhere = await gateway.client.post(
+        "/api/v1/tickets/x/comments", content=chunks(over_default), headers=headers
+    )
+    assert elsewhere.status_code == 413
+    too_big = await gateway.client.post(
+        upload, content=b"x" * (gateway.settings.upload_max_body_bytes + 1), headers=headers
+    )
+    assert too_big.status_code == 413
+    assert str(gateway.settings.upload_max_body_bytes) in too_big.json()["detail"]

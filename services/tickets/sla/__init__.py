@@ -1,0 +1,1 @@
+"""SLA: per-tenant policies, business calendars, deadlines and the breach scheduler."""

@@ -1,32 +1,244 @@
-"""SLA deadlines (interim: round-the-clock targets; the SLA work replaces this module)."""
+"""SLA rules: deadlines of new and changed tickets, policy and calendar management, breaches.
+
+Targets are minutes; with a policy's `business_hours_only` they count inside the tenant's
+business calendar, otherwise round the clock. Pausing (`pause_while_pending`) stores when the
+clock stopped; resuming pushes the open deadlines later by the business time spent paused.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.tickets.models import sla_policies
+from libs.common.errors import ProblemError
+from libs.common.events import build_event
+from libs.common.outbox import record_event
+from services.tickets.events import SERVICE, TicketSlaBreached, snapshot
+from services.tickets.models import outbox
+from services.tickets.sla import repository
+from services.tickets.sla.calendar import (
+    ROUND_THE_CLOCK,
+    BusinessCalendar,
+    CalendarError,
+    add_business_minutes,
+    business_minutes_between,
+    parse_business_hours,
+    parse_time_zone,
+)
+from services.tickets.sla.repository import BreachKind
+from services.tickets.sla.schemas import CalendarWrite, SlaPolicyWrite
+
+log = structlog.get_logger()
+
+PENDING = "pending"
+DEFAULT_CALENDAR = {"time_zone": "UTC", "business_hours": {}, "holidays": []}
+
+
+# -- deadlines ----------------------------------------------------------------------------------
+
+
+def business_calendar(
+    policy: dict[str, Any] | None, settings: dict[str, Any] | None
+) -> BusinessCalendar | None:
+    """The calendar a policy counts in; None = round the clock.
+
+    A tenant with holidays but no weekly hours is open all day except on holidays.
+    """
+    if policy is None or not policy["business_hours_only"] or settings is None:
+        return None
+    hours, holidays = settings["business_hours"] or {}, settings["holidays"] or []
+    if not hours and not holidays:
+        return None
+    try:
+        zone = parse_time_zone(settings["time_zone"])
+        return BusinessCalendar(zone, parse_business_hours(hours) or ROUND_THE_CLOCK, frozenset(holidays))
+    except CalendarError as error:  # the API validates; only hand-edited rows get here
+        log.warning("sla_calendar_invalid", field=error.field, error=error.message)
+        return None
+
+
+async def _policy_and_calendar(
+    session: AsyncSession, tenant_id: str, priority: str
+) -> tuple[dict[str, Any] | None, BusinessCalendar | None]:
+    policy, settings = await repository.get_policy_and_calendar(session, tenant_id, priority)
+    return policy, business_calendar(policy, settings)
+
+
+def _deadline(start: datetime, minutes: float, calendar: BusinessCalendar | None) -> datetime | None:
+    try:
+        return add_business_minutes(start, minutes, calendar)
+    except CalendarError as error:  # a calendar too sparse for the target: no deadline, not a 500
+        log.warning("sla_deadline_out_of_range", error=str(error))
+        return None
 
 
 async def deadlines_for_new_ticket(
     session: AsyncSession, tenant_id: str, priority: str, created_at: datetime
 ) -> dict[str, datetime | None]:
-    query = select(sla_policies.c.first_response_minutes, sla_policies.c.resolution_minutes).where(
-        sla_policies.c.tenant_id == tenant_id, sla_policies.c.priority == priority
-    )
-    policy = (await session.execute(query)).first()
+    """{"first_response_due_at": ..., "due_at": ...}; both None when the tenant has no policy
+    for the priority."""
+    policy, calendar = await _policy_and_calendar(session, tenant_id, priority)
     if policy is None:
         return {"first_response_due_at": None, "due_at": None}
     return {
-        "first_response_due_at": created_at + timedelta(minutes=policy.first_response_minutes),
-        "due_at": created_at + timedelta(minutes=policy.resolution_minutes),
+        "first_response_due_at": _deadline(created_at, policy["first_response_minutes"], calendar),
+        "due_at": _deadline(created_at, policy["resolution_minutes"], calendar),
     }
+
+
+def _recomputed(
+    created_at: datetime,
+    minutes: int | None,
+    calendar: BusinessCalendar | None,
+    previous_due: datetime | None,
+    previous_minutes: int | None,
+    previous_calendar: BusinessCalendar | None,
+) -> datetime | None:
+    """A deadline recomputed from creation under a new target, keeping the pause credit.
+
+    The credit (business time the old deadline had been pushed by resumed pauses) is what lies
+    between the old policy's unpaused deadline and the old deadline. If the old policy was
+    edited since the ticket was created the credit is approximate (never negative).
+    """
+    if minutes is None:
+        return None
+    deadline = _deadline(created_at, minutes, calendar)
+    if deadline is None or previous_due is None or previous_minutes is None:
+        return deadline
+    unpaused = _deadline(created_at, previous_minutes, previous_calendar)
+    credit = business_minutes_between(unpaused, previous_due, previous_calendar) if unpaused else 0.0
+    return _deadline(deadline, credit, calendar) if credit > 0 else deadline
 
 
 async def deadline_changes(
     session: AsyncSession, tenant_id: str, before: dict[str, Any], after: dict[str, Any], now: datetime
 ) -> dict[str, Any]:
-    return {}
+    """Column updates caused by a ticket change (before/after are full ticket row dicts). {} when none.
+
+    - priority changed: deadlines recomputed for the new priority from created_at (time spent
+      paused still credited); a first-response target already met stays;
+    - entering the pending category under a policy with pause_while_pending: {"sla_paused_at": now};
+    - leaving pending while paused: due_at (and first_response_due_at if not yet responded)
+      pushed later by the paused business time, {"sla_paused_at": None};
+    - a deadline moved past `now` clears its breach mark, so a new breach is announced again.
+    """
+    priority_changed = str(after["priority"]) != str(before["priority"])
+    entering_pending = after["status_category"] == PENDING and before["status_category"] != PENDING
+    paused_at = before.get("sla_paused_at")
+    resuming = paused_at is not None and after["status_category"] != PENDING
+    if not (priority_changed or entering_pending or resuming):
+        return {}
+    policy, calendar = await _policy_and_calendar(session, tenant_id, str(after["priority"]))
+    responded = after.get("first_responded_at") is not None
+    first_due, due = after.get("first_response_due_at"), after.get("due_at")
+    changes: dict[str, Any] = {}
+
+    if priority_changed:
+        old_policy, old_calendar = await _policy_and_calendar(session, tenant_id, str(before["priority"]))
+
+        def minutes(p: dict[str, Any] | None, key: str) -> int | None:
+            return p[key] if p is not None else None
+
+        created_at = before["created_at"]
+        due = _recomputed(
+            created_at,
+            minutes(policy, "resolution_minutes"),
+            calendar,
+            before.get("due_at"),
+            minutes(old_policy, "resolution_minutes"),
+            old_calendar,
+        )
+        if not responded:  # a met first-response target stays what it was
+            first_due = _recomputed(
+                created_at,
+                minutes(policy, "first_response_minutes"),
+                calendar,
+                before.get("first_response_due_at"),
+                minutes(old_policy, "first_response_minutes"),
+                old_calendar,
+            )
+
+    if entering_pending and paused_at is None and policy is not None and policy["pause_while_pending"]:
+        changes["sla_paused_at"] = now
+    elif resuming:
+        paused = business_minutes_between(paused_at, now, calendar)
+        if due is not None:
+            due = _deadline(due, paused, calendar) or due
+        if first_due is not None and not responded:
+            first_due = _deadline(first_due, paused, calendar) or first_due
+        changes["sla_paused_at"] = None
+
+    for column, value, marker in (
+        ("due_at", due, "resolution_breached_at"),
+        ("first_response_due_at", first_due, "first_response_breached_at"),
+    ):
+        if value == before.get(column):
+            continue
+        changes[column] = value
+        # A deadline moved into the future is a new target: its breach is announced afresh.
+        if value is not None and value > now and before.get(marker) is not None:
+            changes[marker] = None
+    return changes
+
+
+# -- policies and calendar ----------------------------------------------------------------------
+
+
+async def list_policies(session: AsyncSession, tenant_id: str) -> list[dict[str, Any]]:
+    return await repository.list_policies(session, tenant_id)
+
+
+async def put_policy(
+    session: AsyncSession, tenant_id: str, priority: str, data: SlaPolicyWrite
+) -> dict[str, Any]:
+    """Create or replace the policy of one priority (applies to tickets created or re-prioritised later)."""
+    return await repository.upsert_policy(session, tenant_id, priority, data.model_dump())
+
+
+async def delete_policy(session: AsyncSession, tenant_id: str, priority: str) -> None:
+    if not await repository.delete_policy(session, tenant_id, priority):
+        raise ProblemError(404, "Not Found", f"no SLA policy for priority {priority!r}")
+
+
+async def get_calendar(session: AsyncSession, tenant_id: str) -> dict[str, Any]:
+    return await repository.get_calendar(session, tenant_id) or dict(DEFAULT_CALENDAR)
+
+
+async def put_calendar(session: AsyncSession, tenant_id: str, data: CalendarWrite) -> dict[str, Any]:
+    return await repository.upsert_calendar(
+        session, tenant_id, data.time_zone, data.business_hours, data.holidays
+    )
+
+
+# -- breaches -----------------------------------------------------------------------------------
+
+BREACH_KINDS: tuple[BreachKind, ...] = ("first_response", "resolution")
+
+
+async def announce_breaches(session: AsyncSession, tenant_id: str, now: datetime, limit: int) -> int:
+    """Mark up to `limit` breaches per kind in the tenant and record one `ticket.sla_breached` each.
+
+    The session must already be scoped to the tenant; marks and events commit together.
+    """
+    announced = 0
+    for kind in BREACH_KINDS:
+        for row in await repository.mark_breaches(session, tenant_id, kind, now, limit):
+            deadline = row["first_response_due_at"] if kind == "first_response" else row["due_at"]
+            payload = TicketSlaBreached(
+                ticket_id=row["id"], kind=kind, due_at=deadline, breached_at=now, ticket=snapshot(row)
+            )
+            subject, event = build_event(
+                service=SERVICE,
+                tenant=tenant_id,
+                aggregate="ticket",
+                event="sla_breached",
+                aggregate_id=str(row["id"]),
+                data=payload,
+            )
+            await record_event(session, outbox, subject, event)
+            announced += 1
+            log.info("sla_breached", tenant=tenant_id, ticket_id=str(row["id"]), kind=kind)
+    return announced

@@ -1,0 +1,1 @@
+"""Ticket attachments: files stored in a blob store, metadata in tickets.attachments."""

@@ -1,0 +1,169 @@
+"""Every SLA query: policies, the tenant calendar, and the breach scan. No commits.
+
+Each query filters by tenant explicitly as well as through row-level security.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Select, and_, delete, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.common.db import rows_as_dicts
+from services.tickets.models import sla_policies, tenant_settings, tenants, tickets
+
+POLICY_COLUMNS = [
+    sla_policies.c.priority,
+    sla_policies.c.first_response_minutes,
+    sla_policies.c.resolution_minutes,
+    sla_policies.c.business_hours_only,
+    sla_policies.c.pause_while_pending,
+    sla_policies.c.created_at,
+]
+CALENDAR_COLUMNS = [
+    tenant_settings.c.time_zone,
+    tenant_settings.c.business_hours,
+    tenant_settings.c.holidays,
+]
+# Written as literal SQL so the planner can match the partial indexes of migration 0004
+# (a bound parameter list would hide the implication from generic plans).
+_NOT_FINISHED = text("status_category NOT IN ('resolved', 'closed')")
+
+
+async def get_policy(session: AsyncSession, tenant: str, priority: str) -> dict[str, Any] | None:
+    result = await session.execute(
+        select(*POLICY_COLUMNS).where(sla_policies.c.tenant_id == tenant, sla_policies.c.priority == priority)
+    )
+    rows = rows_as_dicts(result)
+    return rows[0] if rows else None
+
+
+async def get_policy_and_calendar(
+    session: AsyncSession, tenant: str, priority: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The priority's policy and the tenant's calendar in one round trip (ticket writes call this)."""
+    result = await session.execute(
+        select(
+            *POLICY_COLUMNS,
+            tenant_settings.c.tenant_id.label("calendar_tenant"),
+            *CALENDAR_COLUMNS,
+        )
+        .select_from(sla_policies)
+        .outerjoin(tenant_settings, tenant_settings.c.tenant_id == sla_policies.c.tenant_id)
+        .where(sla_policies.c.tenant_id == tenant, sla_policies.c.priority == priority)
+    )
+    rows = rows_as_dicts(result)
+    if not rows:
+        return None, None
+    row = rows[0]
+    policy = {column.name: row[column.name] for column in POLICY_COLUMNS}
+    calendar = (
+        {column.name: row[column.name] for column in CALENDAR_COLUMNS} if row["calendar_tenant"] else None
+    )
+    return policy, calendar
+
+
+async def list_policies(session: AsyncSession, tenant: str) -> list[dict[str, Any]]:
+    # Priority order low..urgent, as people read it.
+    rank = text("CASE priority WHEN 'low' THEN 1 WHEN 'medium' THEN 2 WHEN 'high' THEN 3 ELSE 4 END")
+    result = await session.execute(
+        select(*POLICY_COLUMNS).where(sla_policies.c.tenant_id == tenant).order_by(rank)
+    )
+    return rows_as_dicts(result)
+
+
+async def upsert_policy(
+    session: AsyncSession, tenant: str, priority: str, values: dict[str, Any]
+) -> dict[str, Any]:
+    statement = insert(sla_policies).values(tenant_id=tenant, priority=priority, **values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[sla_policies.c.tenant_id, sla_policies.c.priority], set_=values
+    ).returning(*POLICY_COLUMNS)
+    return rows_as_dicts(await session.execute(statement))[0]
+
+
+async def delete_policy(session: AsyncSession, tenant: str, priority: str) -> bool:
+    result = await session.execute(
+        delete(sla_policies)
+        .where(sla_policies.c.tenant_id == tenant, sla_policies.c.priority == priority)
+        .returning(sla_policies.c.priority)
+    )
+    return result.first() is not None
+
+
+async def get_calendar(session: AsyncSession, tenant: str) -> dict[str, Any] | None:
+    result = await session.execute(select(*CALENDAR_COLUMNS).where(tenant_settings.c.tenant_id == tenant))
+    rows = rows_as_dicts(result)
+    return rows[0] if rows else None
+
+
+async def upsert_calendar(
+    session: AsyncSession, tenant: str, time_zone: str, business_hours: dict[str, Any], holidays: list[date]
+) -> dict[str, Any]:
+    values = {"time_zone": time_zone, "business_hours": business_hours, "holidays": holidays}
+    statement = (
+        insert(tenant_settings)
+        .values(tenant_id=tenant, **values)
+        .on_conflict_do_update(index_elements=[tenant_settings.c.tenant_id], set_=values)
+        .returning(*CALENDAR_COLUMNS)
+    )
+    return rows_as_dicts(await session.execute(statement))[0]
+
+
+async def list_tenants(session: AsyncSession) -> list[str]:
+    """Every tenant slug (tickets.tenants is readable without a tenant scope)."""
+    result = await session.execute(select(tenants.c.tenant_id).order_by(tenants.c.tenant_id))
+    return list(result.scalars())
+
+
+BreachKind = Literal["first_response", "resolution"]
+
+
+def _breach_condition(kind: BreachKind, now: datetime) -> tuple[ColumnElement[bool], Any, Any]:
+    """(where clause, deadline column, marker column) of one breach kind."""
+    c = tickets.c
+    common = [c.sla_paused_at.is_(None), c.deleted_at.is_(None), _NOT_FINISHED]
+    if kind == "first_response":
+        where = and_(
+            c.first_response_due_at < now,
+            c.first_responded_at.is_(None),
+            c.first_response_breached_at.is_(None),
+            *common,
+        )
+        return where, c.first_response_due_at, c.first_response_breached_at
+    where = and_(c.due_at < now, c.resolution_breached_at.is_(None), *common)
+    return where, c.due_at, c.resolution_breached_at
+
+
+def breach_candidates(tenant: str, kind: BreachKind, now: datetime, limit: int) -> Select:
+    """Ids of tickets breaching `kind` at `now`, oldest deadline first, locked (skipping locked rows)."""
+    where, deadline, _ = _breach_condition(kind, now)
+    return (
+        select(tickets.c.id)
+        .where(tickets.c.tenant_id == tenant, where)
+        .order_by(deadline)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+async def mark_breaches(
+    session: AsyncSession, tenant: str, kind: BreachKind, now: datetime, limit: int
+) -> list[dict[str, Any]]:
+    """Claim up to `limit` tickets breaching `kind` at `now`, mark them, return them (after update).
+
+    Rows are claimed with FOR UPDATE SKIP LOCKED, and a row marked by a concurrent scan fails
+    the re-checked condition, so each breach is marked (and announced) by exactly one scan.
+    """
+    where, _, marker = _breach_condition(kind, now)
+    claimed = breach_candidates(tenant, kind, now, limit).scalar_subquery()
+    statement = (
+        update(tickets)
+        .where(tickets.c.tenant_id == tenant, tickets.c.id.in_(claimed), where)
+        .values({marker.name: now})
+        .returning(*tickets.c)
+    )
+    return rows_as_dicts(await session.execute(statement))

@@ -1,0 +1,70 @@
+"""The SLA breach scheduler: a background job of the tickets service, safe in every replica.
+
+Each scan walks the tenants; per tenant one transaction marks the breaching tickets (claimed
+with FOR UPDATE SKIP LOCKED) and writes their `ticket.sla_breached` outbox rows, so a breach is
+announced exactly once however many replicas scan at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+import structlog
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from libs.common.db import set_tenant
+from services.tickets.sla import repository, service
+
+log = structlog.get_logger()
+
+
+async def scan_tenant(factory: async_sessionmaker[AsyncSession], tenant: str, batch_size: int) -> int:
+    """Announce the tenant's breaches, batch by batch; returns how many."""
+    total = 0
+    while True:
+        async with factory() as session, session.begin():
+            await set_tenant(session, tenant)
+            announced = await service.announce_breaches(session, tenant, datetime.now(UTC), batch_size)
+        total += announced
+        # A full batch of either kind may leave more; anything less means the tenant is done.
+        if announced < batch_size:
+            return total
+
+
+async def scan_once(
+    factory: async_sessionmaker[AsyncSession], batch_size: int, stop: asyncio.Event | None = None
+) -> int:
+    """One pass over every tenant; a failing tenant is logged and the pass goes on."""
+    async with factory() as session, session.begin():
+        tenants = await repository.list_tenants(session)
+    total = 0
+    for tenant in tenants:
+        if stop is not None and stop.is_set():
+            break
+        try:
+            total += await scan_tenant(factory, tenant, batch_size)
+        except Exception as exc:
+            log.error("sla_scan_tenant_failed", tenant=tenant, error=repr(exc))
+    return total
+
+
+async def run_sla_scheduler(app: FastAPI, stop: asyncio.Event) -> None:
+    """Scan every `sla_scan_interval_s` until `stop` is set; errors are logged, never fatal."""
+    settings = app.state.settings
+    interval = settings.sla_scan_interval_s
+    log.info("sla_scheduler_started", interval_s=interval)
+    while not stop.is_set():
+        try:
+            announced = await scan_once(app.state.session_factory, settings.sla_scan_batch_size, stop)
+            if announced:
+                log.info("sla_scan_announced", breaches=announced)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # database away: try again next interval
+            log.error("sla_scan_failed", error=repr(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+    log.info("sla_scheduler_stopped")

@@ -1,0 +1,420 @@
+"""Attachments API: streamed upload and download, limits, permissions, no partial writes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import unicodedata
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
+import pytest
+
+from libs.common.db import plain_dsn
+from services.tickets.app import create_app
+from services.tickets.attachments.service import normalize_content_type, sanitize_filename
+from services.tickets.settings import Settings
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
+from tests.tickets.test_blobstore import run_s3_server
+
+MAX_BYTES = 200_000
+PDF = "application/pdf"
+
+
+@pytest.fixture(scope="module")
+def blob_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("blobs")
+
+
+@pytest.fixture(scope="module")
+async def client(infra, blob_dir):
+    settings = settings_for(
+        infra, Settings, "tickets", blob_local_dir=str(blob_dir), attachments_max_bytes=MAX_BYTES
+    )
+    async with app_client(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def admin_db(infra):
+    conn = await asyncpg.connect(plain_dsn(infra.admin_url))
+    yield conn
+    await conn.close()
+
+
+_numbers = iter(range(1, 1_000_000))
+
+
+async def create_ticket(db, tenant: str, requester_id: str = "req-1", *, deleted: bool = False) -> str:
+    """A ticket row written directly (superuser, so row-level security does not apply)."""
+    ticket_id = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id, deleted_at) "
+        "VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END)",
+        ticket_id,
+        tenant,
+        next(_numbers),
+        "3층 엘리베이터 고장",
+        requester_id,
+        deleted,
+    )
+    return str(ticket_id)
+
+
+async def create_comment(db, tenant: str, ticket_id: str, visibility: str) -> str:
+    comment_id = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO tickets.comments (id, tenant_id, ticket_id, author_id, visibility, body) "
+        "VALUES ($1, $2, $3, 'agent-1', $4, 'note')",
+        comment_id,
+        tenant,
+        uuid.UUID(ticket_id),
+        visibility,
+    )
+    return str(comment_id)
+
+
+async def attachment_rows(db, tenant: str) -> list[asyncpg.Record]:
+    return await db.fetch(
+        "SELECT * FROM tickets.attachments WHERE tenant_id = $1 ORDER BY created_at", tenant
+    )
+
+
+def stored_files(blob_dir: Path, tenant: str) -> list[Path]:
+    """Every file (also temporary ones) under the tenant's part of the blob directory."""
+    return [path for path in (blob_dir / tenant).rglob("*") if path.is_file()]
+
+
+def url(ticket_id: str, suffix: str = "") -> str:
+    return f"/api/v1/tickets/{ticket_id}/attachments{suffix}"
+
+
+async def upload(
+    client, ticket_id, headers, content: bytes, filename="report.pdf", content_type=PDF, data=None
+):
+    files = {"file": (filename, content, content_type)}
+    return await client.post(url(ticket_id), files=files, data=data or {}, headers=headers)
+
+
+async def test_upload_then_download_binary_file_with_korean_name(client, infra, admin_db, blob_dir):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+    content = bytes(range(256)) * 300 + b"\x00\r\n--boundary-like--\r\n" + os.urandom(1000)
+    # macOS sends Hangul decomposed (NFD); the stored name is composed (NFC).
+    name = "엘리베이터 점검 보고서.pdf"
+
+    response = await upload(client, ticket_id, agent, content, unicodedata.normalize("NFD", name))
+
+    assert response.status_code == 201, response.text
+    attachment = response.json()
+    assert attachment["filename"] == name
+    assert attachment["size_bytes"] == len(content)
+    assert attachment["sha256"] == hashlib.sha256(content).hexdigest()
+    assert attachment["content_type"] == PDF
+    assert attachment["ticket_id"] == ticket_id and attachment["comment_id"] is None
+    assert attachment["uploaded_by"] == "agent-1"
+    assert response.headers["location"] == url(ticket_id, f"/{attachment['id']}")
+    assert uuid.UUID(attachment["id"]).version == 7
+
+    metadata = await client.get(response.headers["location"], headers=agent)
+    assert metadata.status_code == 200 and metadata.json() == attachment
+
+    download = await client.get(url(ticket_id, f"/{attachment['id']}/content"), headers=agent)
+    assert download.status_code == 200
+    assert download.content == content
+    assert download.headers["content-type"] == PDF
+    assert download.headers["content-length"] == str(len(content))
+    assert download.headers["x-content-type-options"] == "nosniff"
+    disposition = download.headers["content-disposition"]
+    assert disposition.startswith("attachment;")
+    assert f"filename*=UTF-8''{quote(name, safe='')}" in disposition
+    assert disposition.isascii()
+
+    [row] = await attachment_rows(admin_db, tenant)
+    assert row["storage_key"] == f"{tenant}/{ticket_id}/{attachment['id']}"
+    assert (blob_dir / row["storage_key"]).read_bytes() == content
+
+
+async def test_list_shows_attachments_in_upload_order_and_pages(client, infra, admin_db):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant, "alice")
+    alice = auth_headers(infra, tenant, ["requester"], "alice")
+    names = ["사진1.png", "log.txt", "견적서.xlsx"]
+    types = ["image/png", "text/plain", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"]
+    for name, content_type in zip(names, types, strict=True):
+        response = await upload(client, ticket_id, alice, b"data " + name.encode(), name, content_type)
+        assert response.status_code == 201, response.text
+
+    listing = await client.get(url(ticket_id), headers=alice)
+    assert listing.status_code == 200
+    assert [item["filename"] for item in listing.json()["items"]] == names
+    assert listing.json()["next_cursor"] is None
+
+    first = await client.get(url(ticket_id), params={"limit": 2}, headers=alice)
+    second = await client.get(
+        url(ticket_id), params={"limit": 2, "cursor": first.json()["next_cursor"]}, headers=alice
+    )
+    paged = [item["filename"] for item in first.json()["items"] + second.json()["items"]]
+    assert paged == names and second.json()["next_cursor"] is None
+
+
+async def test_requester_cannot_touch_someone_elses_ticket(client, infra, admin_db, blob_dir):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant, "alice")
+    alice = auth_headers(infra, tenant, ["requester"], "alice")
+    bob = auth_headers(infra, tenant, ["requester"], "bob")
+    created = (await upload(client, ticket_id, alice, b"alice's file")).json()
+
+    assert (await upload(client, ticket_id, bob, b"bob's file")).status_code == 404
+    for path in ["", f"/{created['id']}", f"/{created['id']}/content"]:
+        response = await client.get(url(ticket_id, path), headers=bob)
+        assert response.status_code == 404, path
+        assert response.headers["content-type"] == "application/problem+json"
+    assert (await client.delete(url(ticket_id, f"/{created['id']}"), headers=bob)).status_code == 404
+    assert len(await attachment_rows(admin_db, tenant)) == 1
+    assert len(stored_files(blob_dir, tenant)) == 1
+
+
+async def test_other_tenant_and_deleted_tickets_are_404(client, infra, admin_db, blob_dir):
+    owner, other = unique_tenant(), unique_tenant()
+    ticket_id = await create_ticket(admin_db, owner)
+    created = (await upload(client, ticket_id, auth_headers(infra, owner, ["agent"]), b"secret")).json()
+    stranger = auth_headers(infra, other, ["admin"])
+    assert (await upload(client, ticket_id, stranger, b"intrusion")).status_code == 404
+    for path in ["", f"/{created['id']}", f"/{created['id']}/content"]:
+        assert (await client.get(url(ticket_id, path), headers=stranger)).status_code == 404
+    assert (await client.delete(url(ticket_id, f"/{created['id']}"), headers=stranger)).status_code == 404
+    assert await attachment_rows(admin_db, other) == []
+    assert stored_files(blob_dir, other) == []
+
+    deleted_ticket = await create_ticket(admin_db, owner, deleted=True)
+    agent = auth_headers(infra, owner, ["agent"])
+    assert (await upload(client, deleted_ticket, agent, b"late")).status_code == 404
+    assert (await client.get(url(deleted_ticket), headers=agent)).status_code == 404
+
+
+async def test_oversized_upload_is_413_and_leaves_nothing(client, infra, admin_db, blob_dir):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    agent = auth_headers(infra, tenant, ["agent"])
+
+    # Honest client: Content-Length already says too much.
+    response = await upload(client, ticket_id, agent, b"x" * (MAX_BYTES + 70_000))
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["max_bytes"] == MAX_BYTES
+
+    # Just over the limit: passes the Content-Length check, stopped while streaming.
+    response = await upload(client, ticket_id, agent, b"x" * (MAX_BYTES + 1))
+    assert response.status_code == 413, response.text
+
+    # Exactly the limit is fine.
+    assert (await upload(client, ticket_id, agent, b"x" * MAX_BYTES)).status_code == 201
+    rows = await attachment_rows(admin_db, tenant)
+    assert [row["size_bytes"] for row in rows] == [MAX_BYTES]
+    assert [path.name for path in stored_files(blob_dir, tenant)] == [str(rows[0]["id"])]
+
+
+async def lying_body(boundary: str, size: int) -> AsyncIterator[bytes]:
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.pdf"\r\n'
+        f"Content-Type: application/pdf\r\n\r\n"
+    ).encode()
+    for _ in range(size // 65536 + 1):
+        yield b"y" * 65536
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("claimed_length", [None, "1000"])
+async def test_client_lying_about_its_size_is_stopped_while_streaming(
+    client, infra, admin_db, blob_dir, claimed_length
+):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    headers = auth_headers(infra, tenant, ["agent"])
+    headers["Content-Type"] = "multipart/form-data; boundary=lying"
+    if claimed_length:
+        headers["Content-Length"] = claimed_length
+    response = await client.post(url(ticket_id), content=lying_body("lying", 5 * MAX_BYTES), headers=headers)
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert await attachment_rows(admin_db, tenant) == []
+    assert stored_files(blob_dir, tenant) == []
+
+
+async def test_disallowed_type_is_415_naming_the_allowed_ones(client, infra, admin_db, blob_dir):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    agent = auth_headers(infra, tenant, ["agent"])
+    response = await upload(client, ticket_id, agent, b"<script>alert(1)</script>", "page.html", "text/html")
+    assert response.status_code == 415
+    problem = response.json()
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "text/html" in problem["detail"] and "application/pdf" in problem["detail"]
+    assert problem["content_type"] == "text/html"
+    assert "image/png" in problem["allowed_types"]
+    # Unknown bytes labelled octet-stream: the extension decides (.exe is not allowed).
+    response = await upload(client, ticket_id, agent, b"MZ", "setup.exe", "application/octet-stream")
+    assert response.status_code == 415
+    assert await attachment_rows(admin_db, tenant) == []
+    assert stored_files(blob_dir, tenant) == []
+
+
+async def test_malformed_requests_are_4xx_problems(client, infra, admin_db, blob_dir):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    agent = auth_headers(infra, tenant, ["agent"])
+
+    not_multipart = await client.post(url(ticket_id), json={"file": "abc"}, headers=agent)
+    assert not_multipart.status_code == 415
+    no_file = await client.post(
+        url(ticket_id), data={"comment_id": ""}, files={"other": ("a.pdf", b"1")}, headers=agent
+    )
+    assert no_file.status_code == 422
+    only_fields = await client.post(
+        url(ticket_id),
+        content=b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n--b--\r\n',
+        headers={**agent, "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert only_fields.status_code == 422
+    truncated = await client.post(
+        url(ticket_id),
+        content=b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.pdf"\r\n\r\npartial',
+        headers={**agent, "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert truncated.status_code == 400
+    no_boundary = await client.post(
+        url(ticket_id), content=b"x", headers={**agent, "Content-Type": "multipart/form-data"}
+    )
+    assert no_boundary.status_code == 400
+    empty = await upload(client, ticket_id, agent, b"")
+    assert empty.status_code == 422
+    bad_comment = await upload(client, ticket_id, agent, b"abc", data={"comment_id": "not-a-uuid"})
+    assert bad_comment.status_code == 422
+    for response in (not_multipart, no_file, only_fields, truncated, no_boundary, empty, bad_comment):
+        assert response.headers["content-type"] == "application/problem+json"
+    assert await attachment_rows(admin_db, tenant) == []
+    assert stored_files(blob_dir, tenant) == []
+
+
+async def test_comment_attachments_and_internal_notes(client, infra, admin_db, blob_dir):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant, "alice")
+    other_ticket = await create_ticket(admin_db, tenant, "alice")
+    public = await create_comment(admin_db, tenant, ticket_id, "public")
+    internal = await create_comment(admin_db, tenant, ticket_id, "internal")
+    foreign = await create_comment(admin_db, tenant, other_ticket, "public")
+    agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+    alice = auth_headers(infra, tenant, ["requester"], "alice")
+
+    on_public = await upload(client, ticket_id, agent, b"pub", data={"comment_id": public})
+    assert on_public.status_code == 201 and on_public.json()["comment_id"] == public
+    on_internal = await upload(client, ticket_id, agent, b"int", data={"comment_id": internal})
+    assert on_internal.status_code == 201
+
+    # The file is stored before a comment_id sent after it is checked: the blob must go again.
+    wrong_ticket = await upload(client, ticket_id, agent, b"zzz", data={"comment_id": foreign})
+    assert wrong_ticket.status_code == 422
+    requester_on_internal = await upload(client, ticket_id, alice, b"a", data={"comment_id": internal})
+    assert requester_on_internal.status_code == 422
+    assert len(await attachment_rows(admin_db, tenant)) == 2
+    assert len(stored_files(blob_dir, tenant)) == 2
+
+    seen_by_alice = (await client.get(url(ticket_id), headers=alice)).json()["items"]
+    assert [item["id"] for item in seen_by_alice] == [on_public.json()["id"]]
+    hidden = on_internal.json()["id"]
+    assert (await client.get(url(ticket_id, f"/{hidden}/content"), headers=alice)).status_code == 404
+    assert len((await client.get(url(ticket_id), headers=agent)).json()["items"]) == 2
+
+
+async def test_delete_by_uploader_agent_or_admin(client, infra, admin_db, blob_dir):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant, "alice")
+    alice = auth_headers(infra, tenant, ["requester"], "alice")
+    agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+    by_alice = (await upload(client, ticket_id, alice, b"mine")).json()
+    by_agent = (await upload(client, ticket_id, agent, b"agent's")).json()
+
+    # Alice sees the agent's file on her ticket but may not delete it.
+    forbidden = await client.delete(url(ticket_id, f"/{by_agent['id']}"), headers=alice)
+    assert forbidden.status_code == 403
+    assert (await client.delete(url(ticket_id, f"/{by_alice['id']}"), headers=alice)).status_code == 204
+    assert (await client.delete(url(ticket_id, f"/{by_agent['id']}"), headers=agent)).status_code == 204
+
+    assert (await client.get(url(ticket_id, f"/{by_alice['id']}"), headers=alice)).status_code == 404
+    assert (await client.delete(url(ticket_id, f"/{by_alice['id']}"), headers=alice)).status_code == 404
+    assert await attachment_rows(admin_db, tenant) == []
+    assert stored_files(blob_dir, tenant) == []
+
+
+async def test_missing_blob_is_a_problem_not_a_broken_stream(client, infra, admin_db, blob_dir):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    agent = auth_headers(infra, tenant, ["agent"])
+    created = (await upload(client, ticket_id, agent, b"soon gone")).json()
+    for path in stored_files(blob_dir, tenant):
+        path.unlink()
+    response = await client.get(url(ticket_id, f"/{created['id']}/content"), headers=agent)
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_round_trip_through_an_s3_blob_store(infra, admin_db):
+    with run_s3_server() as s3:
+        settings = settings_for(
+            infra,
+            Settings,
+            "tickets",
+            blob_store="s3",
+            s3_endpoint_url=s3.url,
+            s3_bucket=s3.bucket,
+            s3_access_key_id=s3.access_key_id,
+            s3_secret_access_key=s3.secret_access_key,
+            s3_prefix="attachments/",
+        )
+        tenant = unique_tenant()
+        ticket_id = await create_ticket(admin_db, tenant)
+        agent = auth_headers(infra, tenant, ["agent"])
+        content = os.urandom(50_000)
+        async with app_client(create_app(settings)) as s3_client:
+            created = await upload(s3_client, ticket_id, agent, content, "현장 사진.png", "image/png")
+            assert created.status_code == 201, created.text
+            attachment_id = created.json()["id"]
+            key = f"attachments/{tenant}/{ticket_id}/{attachment_id}"
+            assert s3.boto().get_object(Bucket=s3.bucket, Key=key)["Body"].read() == content
+            download = await s3_client.get(url(ticket_id, f"/{attachment_id}/content"), headers=agent)
+            assert download.content == content
+            assert (
+                await s3_client.delete(url(ticket_id, f"/{attachment_id}"), headers=agent)
+            ).status_code == 204
+            assert s3.boto().list_objects_v2(Bucket=s3.bucket).get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\김철수\\Desktop\\견적서.xlsx", "견적서.xlsx"),
+        ("report\r\nX-Evil: 1.pdf", "reportX-Evil: 1.pdf"),
+        ("invoice\u202egpj.exe", "invoicegpj.exe"),
+        (unicodedata.normalize("NFD", "한글.txt"), "한글.txt"),
+        ("  ..  ", "attachment"),
+        ("", "attachment"),
+        ("a" * 300 + ".pdf", "a" * 251 + ".pdf"),
+    ],
+)
+def test_filenames_are_sanitised_but_keep_unicode(raw, expected):
+    assert sanitize_filename(raw) == expected
+
+
+def test_content_type_keeps_only_the_charset_and_guesses_octet_stream():
+    assert normalize_content_type("Text/Plain; charset=UTF-8; x=1", "a.txt") == (
+        "text/plain; charset=utf-8",
+        "text/plain",
+    )
+    assert normalize_content_type("application/octet-stream", "scan.pdf") == (PDF, PDF)
+    assert normalize_content_type(None, "noext")[1] == "application/octet-stream"

@@ -1,0 +1,139 @@
+"""Bulk updates (all or nothing), merging, soft delete and restore."""
+
+import pytest
+
+from services.tickets.app import create_app
+from services.tickets.settings import Settings
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
+from tests.tickets.support import admin_fetch, create_ticket, outbox_types, patch_ticket
+
+
+@pytest.fixture(scope="module")
+async def tickets(infra):
+    async with app_client(create_app(settings_for(infra, Settings, "tickets"))) as client:
+        yield client
+
+
+@pytest.fixture
+def people(infra):
+    tenant = unique_tenant()
+    return {
+        "tenant": tenant,
+        "agent": auth_headers(infra, tenant, ["agent"], "agent-1"),
+        "admin": auth_headers(infra, tenant, ["admin"], "admin-1"),
+        "requester": auth_headers(infra, tenant, ["requester"], "req-1"),
+    }
+
+
+async def get(tickets, headers, ticket):
+    return (await tickets.get(f"/api/v1/tickets/{ticket['id']}", headers=headers)).json()
+
+
+async def test_bulk_update_changes_every_ticket_with_one_event_set_each(tickets, infra, people):
+    agent = people["agent"]
+    batch = [await create_ticket(tickets, agent, tags=["old"]) for _ in range(3)]
+    response = await tickets.post(
+        "/api/v1/tickets/bulk",
+        json={
+            "ids": [t["id"] for t in batch],
+            "status": "in_progress",
+            "assignee_id": "agent-9",
+            "priority": "high",
+            "add_tags": ["floor-3"],
+            "remove_tags": ["old"],
+        },
+        headers=agent,
+    )
+    assert response.status_code == 200, response.text
+    for ticket in batch:
+        current = await get(tickets, agent, ticket)
+        assert (current["status"], current["assignee_id"], current["priority"], current["tags"]) == (
+            "in_progress",
+            "agent-9",
+            "high",
+            ["floor-3"],
+        )
+        assert (await outbox_types(infra, ticket["id"])).count("helpdesk.tickets.ticket.updated.v1") == 1
+
+
+async def test_bulk_update_is_all_or_nothing(tickets, infra, people):
+    agent = people["agent"]
+    fine = await create_ticket(tickets, agent)
+    closed = await create_ticket(tickets, agent)
+    await patch_ticket(tickets, agent, closed, status="closed")
+    refused = await tickets.post(
+        "/api/v1/tickets/bulk", json={"ids": [fine["id"], closed["id"]], "status": "pending"}, headers=agent
+    )
+    assert refused.status_code == 409
+    assert refused.json()["ticket_id"] == closed["id"]
+    assert (await get(tickets, agent, fine))["status"] == "open"  # rolled back with the rest
+
+    other_tenant = await create_ticket(tickets, auth_headers(infra, unique_tenant(), ["agent"], "x"))
+    missing = await tickets.post(
+        "/api/v1/tickets/bulk",
+        json={"ids": [fine["id"], other_tenant["id"]], "priority": "low"},
+        headers=agent,
+    )
+    assert missing.status_code == 404
+    assert missing.json()["missing_ids"] == [other_tenant["id"]]
+    assert (await get(tickets, agent, fine))["priority"] == "medium"
+
+    too_many = await tickets.post(
+        "/api/v1/tickets/bulk", json={"ids": [fine["id"]] * 501, "priority": "low"}, headers=agent
+    )
+    assert too_many.status_code == 422
+    requester = await tickets.post(
+        "/api/v1/tickets/bulk", json={"ids": [fine["id"]], "priority": "low"}, headers=people["requester"]
+    )
+    assert requester.status_code == 403
+
+
+async def test_merge_moves_comments_and_closes_the_duplicate(tickets, infra, people):
+    agent = people["agent"]
+    original = await create_ticket(tickets, agent, subject="Elevator 2 stuck")
+    duplicate = await create_ticket(tickets, agent, subject="Lift not moving")
+    for body in ("first report", "second report"):
+        await tickets.post(f"/api/v1/tickets/{duplicate['id']}/comments", json={"body": body}, headers=agent)
+
+    merged = await tickets.post(
+        f"/api/v1/tickets/{duplicate['id']}/merge", json={"into_ticket_id": original["id"]}, headers=agent
+    )
+    assert merged.status_code == 200, merged.text
+    assert merged.json()["status"] == "closed" and merged.json()["merged_into_id"] == original["id"]
+    assert merged.json()["closed_at"] is not None
+
+    moved = (await tickets.get(f"/api/v1/tickets/{original['id']}/comments", headers=agent)).json()["items"]
+    assert [c["body"] for c in moved] == ["first report", "second report"]
+    left = (await tickets.get(f"/api/v1/tickets/{duplicate['id']}/comments", headers=agent)).json()["items"]
+    assert left == []
+    assert "helpdesk.tickets.ticket.merged.v1" in await outbox_types(infra, duplicate["id"])
+
+    again = await tickets.post(
+        f"/api/v1/tickets/{duplicate['id']}/merge", json={"into_ticket_id": original["id"]}, headers=agent
+    )
+    assert again.status_code == 409
+    into_itself = await tickets.post(
+        f"/api/v1/tickets/{original['id']}/merge", json={"into_ticket_id": original["id"]}, headers=agent
+    )
+    assert into_itself.status_code == 422
+
+
+async def test_soft_delete_and_restore_are_for_admins(tickets, infra, people):
+    ticket = await create_ticket(tickets, people["agent"])
+    url = f"/api/v1/tickets/{ticket['id']}"
+    assert (await tickets.delete(url, headers=people["agent"])).status_code == 403
+    assert (await tickets.delete(url, headers=people["admin"])).status_code == 204
+
+    assert (await tickets.get(url, headers=people["agent"])).status_code == 404
+    as_admin = await tickets.get(url, headers=people["admin"])
+    assert as_admin.status_code == 200 and as_admin.json()["deleted_at"] is not None
+    rows = await admin_fetch(infra, "SELECT count(*) FROM tickets.tickets WHERE id = $1::uuid", ticket["id"])
+    assert rows[0][0] == 1  # soft: the row stays
+
+    assert (await tickets.post(f"{url}/restore", headers=people["agent"])).status_code == 403
+    restored = await tickets.post(f"{url}/restore", headers=people["admin"])
+    assert restored.status_code == 200 and restored.json()["deleted_at"] is None
+    assert (await tickets.get(url, headers=people["agent"])).status_code == 200
+    assert (await tickets.post(f"{url}/restore", headers=people["admin"])).status_code == 409
+    types = await outbox_types(infra, ticket["id"])
+    assert types[-2:] == ["helpdesk.tickets.ticket.deleted.v1", "helpdesk.tickets.ticket.restored.v1"]

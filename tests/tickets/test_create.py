@@ -1,0 +1,111 @@
+"""Creating tickets: every field, who may set what, tenant categories, SLA deadlines."""
+
+import pytest
+
+from services.tickets.app import create_app
+from services.tickets.settings import Settings
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
+from tests.tickets.support import admin_fetch, create_ticket, outbox_types
+
+
+@pytest.fixture(scope="module")
+async def tickets(infra):
+    async with app_client(create_app(settings_for(infra, Settings, "tickets"))) as client:
+        yield client
+
+
+async def test_an_agent_creates_a_maintenance_ticket_with_every_field(tickets, infra):
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    body = {
+        "subject": "B동 3층 301호 누수",
+        "description": "천장에서 물이 떨어집니다",
+        "priority": "high",
+        "category": "plumbing",
+        "type": "incident",
+        "source": "phone",
+        "location": "화장실 앞 복도",
+        "building": "B동",
+        "floor": "3",
+        "room": "301",
+        "requester_id": "resident-17",
+        "requester_name": "김민수",
+        "requester_email": "minsu@example.com",
+        "assignee_id": "agent-3",
+        "group_id": "facilities",
+        "tags": ["leak", "urgent-fix", "leak"],
+        "custom_fields": {"unit": "301", "insurance": {"claim": True, "ref": "A-9"}},
+        "watchers": ["manager-1"],
+    }
+    ticket = await create_ticket(tickets, agent, **body)
+    for field, value in body.items():
+        expected = ["leak", "urgent-fix"] if field == "tags" else value
+        assert ticket[field] == expected, field
+    assert ticket["status"] == "open" and ticket["status_category"] == "open"
+    assert ticket["summary"] is None and ticket["deleted_at"] is None
+    assert await outbox_types(infra, ticket["id"]) == ["helpdesk.tickets.ticket.created.v1"]
+
+
+async def test_unknown_source_codes_from_imports_are_kept(tickets, infra):
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    ticket = await create_ticket(tickets, agent, source="freshdesk-7")
+    assert ticket["source"] == "freshdesk-7"
+    bad = await tickets.post("/api/v1/tickets", json={"subject": "x", "source": "Not A Code!"}, headers=agent)
+    assert bad.status_code == 422
+
+
+async def test_requesters_are_always_the_requester_and_cannot_assign(tickets, infra):
+    requester = auth_headers(infra, unique_tenant(), ["requester"], "req-1")
+    own = await create_ticket(tickets, requester, location="lobby")
+    assert own["requester_id"] == "req-1"
+    for field, value in [("requester_id", "someone-else"), ("assignee_id", "agent-1"), ("watchers", ["x"])]:
+        response = await tickets.post(
+            "/api/v1/tickets", json={"subject": "x", field: value}, headers=requester
+        )
+        assert response.status_code == 403, field
+        assert field in response.json()["detail"]
+
+
+async def test_a_tenant_with_categories_accepts_only_those(tickets, infra):
+    tenant = unique_tenant()
+    agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+    admin = auth_headers(infra, tenant, ["admin"], "admin-1")
+    assert (await create_ticket(tickets, agent, category="anything"))["category"] == "anything"
+
+    for key, name in [("elevator", "엘리베이터"), ("plumbing", "배관")]:
+        created = await tickets.post(
+            "/api/v1/tickets/categories", json={"key": key, "name": name}, headers=admin
+        )
+        assert created.status_code == 201
+    duplicate = await tickets.post(
+        "/api/v1/tickets/categories", json={"key": "elevator", "name": "x"}, headers=admin
+    )
+    assert duplicate.status_code == 409
+    listed = (await tickets.get("/api/v1/tickets/categories", headers=agent)).json()["items"]
+    assert listed == [{"key": "elevator", "name": "엘리베이터"}, {"key": "plumbing", "name": "배관"}]
+
+    refused = await tickets.post("/api/v1/tickets", json={"subject": "x", "category": "hvac"}, headers=agent)
+    assert refused.status_code == 422 and "elevator" in refused.json()["detail"]
+    assert (await create_ticket(tickets, agent, category="plumbing"))["category"] == "plumbing"
+    assert (
+        await tickets.post("/api/v1/tickets/categories", json={"key": "x", "name": "x"}, headers=agent)
+    ).status_code == 403
+    assert (await tickets.delete("/api/v1/tickets/categories/plumbing", headers=admin)).status_code == 204
+
+
+async def test_sla_policy_sets_deadlines_at_creation(tickets, infra):
+    tenant = unique_tenant()
+    agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+    await admin_fetch(
+        infra,
+        "INSERT INTO tickets.sla_policies (tenant_id, priority, first_response_minutes, resolution_minutes) "
+        "VALUES ($1, 'urgent', 30, 240)",
+        tenant,
+    )
+    from datetime import datetime, timedelta
+
+    urgent = await create_ticket(tickets, agent, priority="urgent")
+    created = datetime.fromisoformat(urgent["created_at"])
+    assert datetime.fromisoformat(urgent["first_response_due_at"]) == created + timedelta(minutes=30)
+    assert datetime.fromisoformat(urgent["due_at"]) == created + timedelta(minutes=240)
+    low = await create_ticket(tickets, agent, priority="low")
+    assert low["due_at"] is None and low["first_response_due_at"] is None

@@ -1,0 +1,175 @@
+"""Search (Korean substrings and English words, comments included) and duplicate hints."""
+
+import pytest
+
+from services.tickets.app import create_app
+from services.tickets.settings import Settings
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
+from tests.tickets.support import create_ticket, patch_ticket
+
+
+@pytest.fixture(scope="module")
+async def tickets(infra):
+    async with app_client(create_app(settings_for(infra, Settings, "tickets"))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def corpus(tickets, infra):
+    tenant = unique_tenant()
+    agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+    requester = auth_headers(infra, tenant, ["requester"], "req-1")
+    made = {
+        "elevator_ko": await create_ticket(
+            tickets,
+            requester,
+            subject="3층 엘리베이터가 멈췄습니다",
+            description="문이 열리지 않아요",
+            priority="urgent",
+        ),
+        "leak_ko": await create_ticket(
+            tickets, agent, subject="화장실 천장 누수", description="물이 뚝뚝 떨어집니다"
+        ),
+        "elevator_en": await create_ticket(
+            tickets,
+            agent,
+            subject="Elevator stuck on floor 3",
+            description="Doors will not open",
+            priority="high",
+        ),
+        "printer": await create_ticket(
+            tickets, agent, subject="Printer jam", description="Paper stuck in tray 2"
+        ),
+        "hvac": await create_ticket(
+            tickets, requester, subject="Air conditioning broken", description="Too hot"
+        ),
+    }
+    # Only a comment mentions the leak here; an internal note mentions a secret word.
+    await tickets.post(
+        f"/api/v1/tickets/{made['hvac']['id']}/comments",
+        json={"body": "기술자가 확인해 보니 배관 누수였습니다"},
+        headers=agent,
+    )
+    await tickets.post(
+        f"/api/v1/tickets/{made['hvac']['id']}/comments",
+        json={"body": "vendor invoice overdue xyzzy", "visibility": "internal"},
+        headers=agent,
+    )
+    return tenant, agent, requester, made
+
+
+async def search(tickets, headers, q, **params):
+    response = await tickets.get("/api/v1/tickets", params={"q": q, **params}, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def names(items, made):
+    by_id = {ticket["id"]: name for name, ticket in made.items()}
+    return {by_id[item["id"]] for item in items}
+
+
+async def test_korean_substring_matches_inside_words(tickets, corpus):
+    _, agent, _, made = corpus
+    # "엘리베이터" is only part of the word "엘리베이터가": full-text alone would miss it.
+    assert names(await search(tickets, agent, "엘리베이터"), made) == {"elevator_ko"}
+    assert names(await search(tickets, agent, "누수"), made) == {"leak_ko", "hvac"}  # hvac via its comment
+
+
+async def test_english_words_match_any_case(tickets, corpus):
+    _, agent, _, made = corpus
+    assert names(await search(tickets, agent, "ELEVATOR"), made) == {"elevator_en"}
+    assert names(await search(tickets, agent, "stuck"), made) == {"elevator_en", "printer"}
+
+
+async def test_results_carry_a_highlighted_snippet_and_a_rank(tickets, corpus):
+    _, agent, _, made = corpus
+    items = await search(tickets, agent, "누수")
+    leak = next(item for item in items if item["id"] == made["leak_ko"]["id"])
+    assert leak["highlight"] == "화장실 천장 <mark>누수</mark>"
+    assert all(isinstance(item["rank"], float) for item in items)
+    # The subject match ranks above the ticket that only matches in a comment.
+    assert items[0]["id"] == made["leak_ko"]["id"]
+
+
+async def test_highlight_escapes_html_in_the_ticket_text(tickets, infra):
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "a")
+    await create_ticket(tickets, agent, subject="<b>boiler</b> & pump")
+    items = await search(tickets, agent, "boiler")
+    assert items[0]["highlight"] == "&lt;b&gt;<mark>boiler</mark>&lt;/b&gt; &amp; pump"
+
+
+async def test_search_combines_with_filters_and_sorts(tickets, corpus):
+    _, agent, _, made = corpus
+    assert names(await search(tickets, agent, "stuck", priority="high"), made) == {"elevator_en"}
+    by_date = await search(tickets, agent, "stuck", sort="created_at", order="asc")
+    assert [item["id"] for item in by_date] == [made["elevator_en"]["id"], made["printer"]["id"]]
+
+
+async def test_search_pages_by_relevance(tickets, corpus):
+    _, agent, _, made = corpus
+    first = (await tickets.get("/api/v1/tickets", params={"q": "누수", "limit": 1}, headers=agent)).json()
+    second = (
+        await tickets.get(
+            "/api/v1/tickets", params={"q": "누수", "limit": 1, "cursor": first["next_cursor"]}, headers=agent
+        )
+    ).json()
+    assert [first["items"][0]["id"], second["items"][0]["id"]] == [made["leak_ko"]["id"], made["hvac"]["id"]]
+    assert second["next_cursor"] is None
+
+
+async def test_requesters_search_only_their_tickets_and_never_internal_notes(tickets, corpus):
+    _, agent, requester, made = corpus
+    assert names(await search(tickets, agent, "xyzzy"), made) == {"hvac"}
+    assert await search(tickets, requester, "xyzzy") == []
+    assert names(await search(tickets, requester, "누수"), made) == {"hvac"}  # own ticket, public comment
+
+
+async def test_search_special_characters_are_literal(tickets, corpus):
+    _, agent, _, _ = corpus
+    assert await search(tickets, agent, "100%") == []
+    assert await search(tickets, agent, "_") == []
+    assert await search(tickets, agent, "'; DROP TABLE tickets; --") == []
+
+
+async def test_similar_finds_reports_of_the_same_broken_elevator(tickets, infra):
+    tenant = unique_tenant()
+    agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+    reports = [
+        await create_ticket(
+            tickets, agent, subject=subject, description="엘리베이터 고장", building="본관", floor=floor
+        )
+        for subject, floor in [
+            ("본관 엘리베이터 고장", "3"),
+            ("엘리베이터 멈춤 3층", "3"),
+            ("엘리베이터가 고장났어요", "1"),
+            ("본관 엘리베이터 안 움직임", "5"),
+        ]
+    ]
+    elsewhere = await create_ticket(
+        tickets, agent, subject="별관 엘리베이터 고장", building="별관", floor="3"
+    )
+    unrelated = await create_ticket(tickets, agent, subject="프린터 용지 걸림", building="본관", floor="3")
+    closed = await create_ticket(tickets, agent, subject="본관 엘리베이터 고장", building="본관", floor="3")
+    await patch_ticket(tickets, agent, closed, status="closed")
+
+    response = await tickets.get(f"/api/v1/tickets/{reports[0]['id']}/similar", headers=agent)
+    assert response.status_code == 200, response.text
+    found = [item["id"] for item in response.json()["items"]]
+    assert set(found) == {r["id"] for r in reports[1:]}
+    assert found[0] == reports[1]["id"]  # same floor ranks first
+    assert elsewhere["id"] not in found and unrelated["id"] not in found and closed["id"] not in found
+
+    requester = auth_headers(infra, tenant, ["requester"], "req-1")
+    assert (
+        await tickets.get(f"/api/v1/tickets/{reports[0]['id']}/similar", headers=requester)
+    ).status_code == 403
+
+
+async def test_similar_without_a_building_uses_text_similarity(tickets, infra):
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    first = await create_ticket(tickets, agent, subject="VPN connection drops every hour")
+    second = await create_ticket(tickets, agent, subject="VPN connection drops every few minutes")
+    await create_ticket(tickets, agent, subject="Coffee machine empty")
+    found = (await tickets.get(f"/api/v1/tickets/{first['id']}/similar", headers=agent)).json()["items"]
+    assert [item["id"] for item in found] == [second["id"]]

@@ -1,0 +1,228 @@
+"""SLA management API: policies and the business calendar, permissions, bad input, isolation."""
+
+import asyncio
+from datetime import datetime, timedelta
+
+import pytest
+
+from services.tickets.app import create_app
+from services.tickets.settings import Settings
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
+from tests.tickets.support import create_ticket, patch_ticket
+
+POLICIES = "/api/v1/tickets/sla/policies"
+CALENDAR = "/api/v1/tickets/sla/calendar"
+URGENT = {"first_response_minutes": 15, "resolution_minutes": 240, "business_hours_only": False}
+
+
+@pytest.fixture(scope="module")
+async def tickets(infra):
+    # The scheduler is not under test here: one scan at start-up, then it idles.
+    settings = settings_for(infra, Settings, "tickets", sla_scan_interval_s=3600)
+    async with app_client(create_app(settings)) as client:
+        yield client
+
+
+def admin(infra, tenant):
+    return auth_headers(infra, tenant, ["admin"], "admin-1")
+
+
+def agent(infra, tenant):
+    return auth_headers(infra, tenant, ["agent"], "agent-1")
+
+
+async def test_admin_manages_policies_and_agents_read_them(tickets, infra):
+    tenant = unique_tenant()
+    created = await tickets.put(f"{POLICIES}/urgent", json=URGENT, headers=admin(infra, tenant))
+    assert created.status_code == 200, created.text
+    policy = created.json()
+    assert policy["priority"] == "urgent"
+    assert (policy["first_response_minutes"], policy["resolution_minutes"]) == (15, 240)
+    assert policy["business_hours_only"] is False and policy["pause_while_pending"] is False
+    low = {"first_response_minutes": 480, "resolution_minutes": 4800, "pause_while_pending": True}
+    assert (await tickets.put(f"{POLICIES}/low", json=low, headers=admin(infra, tenant))).status_code == 200
+
+    listing = await tickets.get(POLICIES, headers=agent(infra, tenant))
+    assert listing.status_code == 200
+    items = listing.json()["items"]
+    assert [p["priority"] for p in items] == ["low", "urgent"]
+    assert items[0]["pause_while_pending"] is True
+
+    replaced = await tickets.put(
+        f"{POLICIES}/urgent",
+        json={**URGENT, "resolution_minutes": 120, "business_hours_only": True},
+        headers=admin(infra, tenant),
+    )
+    assert replaced.json()["resolution_minutes"] == 120 and replaced.json()["business_hours_only"] is True
+    assert replaced.json()["created_at"] == policy["created_at"]
+
+    deleted = await tickets.delete(f"{POLICIES}/low", headers=admin(infra, tenant))
+    assert deleted.status_code == 204 and deleted.content == b""
+    listing = await tickets.get(POLICIES, headers=admin(infra, tenant))
+    assert [p["priority"] for p in listing.json()["items"]] == ["urgent"]
+    again = await tickets.delete(f"{POLICIES}/low", headers=admin(infra, tenant))
+    assert again.status_code == 404
+    assert again.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("critical", URGENT, "priority"),
+        ("urgent", {**URGENT, "first_response_minutes": 0}, "first_response_minutes"),
+        ("urgent", {**URGENT, "first_response_minutes": 525_601}, "first_response_minutes"),
+        ("urgent", {**URGENT, "resolution_minutes": 10}, "resolution_minutes"),
+        ("urgent", {**URGENT, "colour": "red"}, "colour"),
+        ("urgent", {"first_response_minutes": 10}, "resolution_minutes"),
+        ("urgent", {**URGENT, "first_response_minutes": "soon"}, "first_response_minutes"),
+    ],
+)
+async def test_bad_policy_input_is_a_422_problem_naming_the_field(tickets, infra, path, body, field):
+    tenant = unique_tenant()
+    response = await tickets.put(f"{POLICIES}/{path}", json=body, headers=admin(infra, tenant))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert field in problem["detail"] or any(field in str(e) for e in problem["errors"]), problem
+    listing = await tickets.get(POLICIES, headers=admin(infra, tenant))
+    assert listing.json() == {"items": []}
+
+
+async def test_unknown_priority_on_delete_is_422(tickets, infra):
+    response = await tickets.delete(f"{POLICIES}/critical", headers=admin(infra, unique_tenant()))
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_requesters_and_agents_cannot_change_sla_settings(tickets, infra):
+    tenant = unique_tenant()
+    await tickets.put(f"{POLICIES}/high", json=URGENT, headers=admin(infra, tenant))
+    requester = auth_headers(infra, tenant, ["requester"], "req-1")
+    for method, path, body in [
+        ("GET", POLICIES, None),
+        ("PUT", f"{POLICIES}/high", URGENT),
+        ("DELETE", f"{POLICIES}/high", None),
+        ("GET", CALENDAR, None),
+        ("PUT", CALENDAR, {"time_zone": "UTC"}),
+    ]:
+        response = await tickets.request(method, path, json=body, headers=requester)
+        assert response.status_code == 403, (method, path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    for method, path, body in [
+        ("PUT", f"{POLICIES}/high", {**URGENT, "resolution_minutes": 999}),
+        ("DELETE", f"{POLICIES}/high", None),
+        ("PUT", CALENDAR, {"time_zone": "Asia/Seoul"}),
+    ]:
+        response = await tickets.request(method, path, json=body, headers=agent(infra, tenant))
+        assert response.status_code == 403, (method, path)
+    unauthenticated = await tickets.get(POLICIES)
+    assert unauthenticated.status_code == 401
+    policies = (await tickets.get(POLICIES, headers=admin(infra, tenant))).json()["items"]
+    assert [(p["priority"], p["resolution_minutes"]) for p in policies] == [("high", 240)]
+    assert (await tickets.get(CALENDAR, headers=admin(infra, tenant))).json()["time_zone"] == "UTC"
+
+
+async def test_tenants_never_see_or_touch_each_others_sla_settings(tickets, infra):
+    owner, other = unique_tenant(), unique_tenant()
+    await tickets.put(f"{POLICIES}/urgent", json=URGENT, headers=admin(infra, owner))
+    await tickets.put(CALENDAR, json={"time_zone": "Asia/Seoul"}, headers=admin(infra, owner))
+
+    assert (await tickets.get(POLICIES, headers=admin(infra, other))).json() == {"items": []}
+    assert (await tickets.delete(f"{POLICIES}/urgent", headers=admin(infra, other))).status_code == 404
+    assert (await tickets.get(CALENDAR, headers=admin(infra, other))).json()["time_zone"] == "UTC"
+    # The other tenant's own policy for the same priority is a separate row.
+    mine = await tickets.put(
+        f"{POLICIES}/urgent", json={**URGENT, "resolution_minutes": 60}, headers=admin(infra, other)
+    )
+    assert mine.status_code == 200
+
+    owned = (await tickets.get(POLICIES, headers=agent(infra, owner))).json()["items"]
+    assert [(p["priority"], p["resolution_minutes"]) for p in owned] == [("urgent", 240)]
+    assert (await tickets.get(CALENDAR, headers=agent(infra, owner))).json()["time_zone"] == "Asia/Seoul"
+
+
+async def test_calendar_defaults_then_round_trips_normalised(tickets, infra):
+    tenant = unique_tenant()
+    default = await tickets.get(CALENDAR, headers=agent(infra, tenant))
+    assert default.status_code == 200
+    assert default.json() == {"time_zone": "UTC", "business_hours": {}, "holidays": []}
+
+    body = {
+        "time_zone": "Asia/Seoul",
+        "business_hours": {
+            "fri": ["09:00", "18:00"],
+            "mon": [["13:00", "18:00"], ["09:00", "12:00"]],
+            "sat": [],
+        },
+        "holidays": ["2025-10-03", "2025-03-03", "2025-10-03"],
+    }
+    saved = await tickets.put(CALENDAR, json=body, headers=admin(infra, tenant))
+    assert saved.status_code == 200, saved.text
+    expected = {
+        "time_zone": "Asia/Seoul",
+        "business_hours": {"mon": [["09:00", "12:00"], ["13:00", "18:00"]], "fri": [["09:00", "18:00"]]},
+        "holidays": ["2025-03-03", "2025-10-03"],
+    }
+    assert saved.json() == expected
+    assert (await tickets.get(CALENDAR, headers=agent(infra, tenant))).json() == expected
+
+    cleared = await tickets.put(
+        CALENDAR, json={"time_zone": "America/New_York"}, headers=admin(infra, tenant)
+    )
+    assert cleared.json() == {"time_zone": "America/New_York", "business_hours": {}, "holidays": []}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "fragment"),
+    [
+        ({"time_zone": "Mars/Olympus"}, "time_zone", "unknown IANA time zone"),
+        ({"time_zone": "KST"}, "time_zone", "unknown IANA time zone"),
+        ({"business_hours": {"mon": [["09:00", "12:00"], ["11:00", "13:00"]]}}, "business_hours", "overlap"),
+        ({"business_hours": {"tue": [["09:00", "25:00"]]}}, "business_hours", "business_hours.tue"),
+        ({"business_hours": {"wed": [["18:00", "09:00"]]}}, "business_hours", "ends before it starts"),
+        ({"business_hours": {"someday": [["09:00", "18:00"]]}}, "business_hours", "unknown weekday"),
+        ({"business_hours": {"mon": "all day"}}, "business_hours", "list"),
+        ({"holidays": ["2025-02-30"]}, "holidays", ""),
+        ({"time_zone": "UTC", "week_start": "sun"}, "week_start", ""),
+    ],
+)
+async def test_bad_calendar_is_a_422_problem_naming_the_field(tickets, infra, body, field, fragment):
+    tenant = unique_tenant()
+    response = await tickets.put(CALENDAR, json=body, headers=admin(infra, tenant))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert field in problem["detail"]
+    assert any(e["field"].startswith(field) and fragment in e["message"] for e in problem["errors"]), problem
+    assert (await tickets.get(CALENDAR, headers=admin(infra, tenant))).json()["time_zone"] == "UTC"
+
+
+async def test_ticket_api_applies_policies_pauses_and_resumes(tickets, infra):
+    """Wiring with the core ticket service: deadlines at creation, pause in pending, resume later."""
+    tenant = unique_tenant()
+    staff = agent(infra, tenant)
+    body = {**URGENT, "pause_while_pending": True}
+    assert (
+        await tickets.put(f"{POLICIES}/urgent", json=body, headers=admin(infra, tenant))
+    ).status_code == 200
+    ticket = await create_ticket(tickets, staff, priority="urgent")
+    created = datetime.fromisoformat(ticket["created_at"])
+    assert datetime.fromisoformat(ticket["due_at"]) == created + timedelta(minutes=240)
+
+    paused = await patch_ticket(tickets, staff, ticket, status="pending")
+    assert paused.status_code == 200, paused.text
+    paused_at = datetime.fromisoformat(paused.json()["sla_paused_at"])
+    assert paused.json()["due_at"] == ticket["due_at"]
+    await asyncio.sleep(0.3)
+
+    resumed = await patch_ticket(tickets, staff, paused.json(), status="open")
+    assert resumed.status_code == 200, resumed.text
+    after = resumed.json()
+    assert after["sla_paused_at"] is None
+    pushed = datetime.fromisoformat(after["due_at"]) - datetime.fromisoformat(ticket["due_at"])
+    assert pushed == datetime.fromisoformat(after["updated_at"]) - paused_at
+    assert pushed >= timedelta(seconds=0.3)
+    first_pushed = datetime.fromisoformat(after["first_response_due_at"]) - datetime.fromisoformat(
+        ticket["first_response_due_at"]
+    )
+    assert first_pushed == pushed

@@ -1,0 +1,298 @@
+"""The SLA breach scheduler against real PostgreSQL (and NATS for the end-to-end path)."""
+
+import asyncio
+import contextlib
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import nats
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import insert, text
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from libs.common.db import async_url, create_engine, create_session_factory
+from services.tickets.app import create_app
+from services.tickets.models import tickets as tickets_table
+from services.tickets.settings import Settings
+from services.tickets.sla import repository
+from services.tickets.sla.scheduler import run_sla_scheduler, scan_once
+from tests.conftest import app_client, settings_for, unique_tenant, wait_until
+
+BREACHED_TYPE = "helpdesk.tickets.ticket.sla_breached.v1"
+
+
+@pytest.fixture(scope="module")
+async def admin_engine(infra):
+    engine = create_async_engine(async_url(infra.admin_url), pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+_numbers: dict[str, int] = {}
+
+
+async def insert_ticket(admin_engine, tenant: str, **overrides) -> uuid.UUID:
+    """A ticket row written straight into the table (admin role, no row-level security)."""
+    now = datetime.now(UTC)
+    _numbers[tenant] = _numbers.get(tenant, 0) + 1
+    values = {
+        "id": uuid.uuid4(),
+        "tenant_id": tenant,
+        "number": _numbers[tenant],
+        "subject": f"ticket {_numbers[tenant]}",
+        "status": "open",
+        "status_category": "open",
+        "priority": "high",
+        "requester_id": "req-1",
+        "created_at": now - timedelta(hours=3),
+        "updated_at": now - timedelta(hours=3),
+        "first_response_due_at": now - timedelta(hours=2),
+        "due_at": now - timedelta(hours=1),
+    }
+    values.update(overrides)
+    async with admin_engine.begin() as conn:
+        await conn.execute(insert(tickets_table).values(values))
+        await conn.execute(
+            text("INSERT INTO tickets.tenants (tenant_id) VALUES (:t) ON CONFLICT DO NOTHING"), {"t": tenant}
+        )
+    return values["id"]
+
+
+async def breach_events(admin_engine, tenant: str) -> list[dict]:
+    async with admin_engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT subject, payload FROM tickets.outbox "
+                "WHERE payload->>'tenant' = :t AND payload->>'type' = :type ORDER BY id"
+            ),
+            {"t": tenant, "type": BREACHED_TYPE},
+        )
+        return [{**payload, "nats_subject": subject} for subject, payload in rows]
+
+
+async def marks(admin_engine, ticket_id: uuid.UUID) -> tuple:
+    async with admin_engine.connect() as conn:
+        row = await conn.execute(
+            text(
+                "SELECT first_response_breached_at, resolution_breached_at "
+                "FROM tickets.tickets WHERE id = :id"
+            ),
+            {"id": ticket_id},
+        )
+        return tuple(row.one())
+
+
+@contextlib.asynccontextmanager
+async def running_schedulers(infra, count: int, **overrides):
+    """`count` schedulers, each with its own engine, as separate replicas would run them."""
+    stop = asyncio.Event()
+    apps, engines = [], []
+    for _ in range(count):
+        settings = settings_for(infra, Settings, "tickets", sla_scan_interval_s=0.02, **overrides)
+        app = FastAPI()
+        engine = create_engine(settings)
+        app.state.settings, app.state.session_factory = settings, create_session_factory(engine)
+        apps.append(app)
+        engines.append(engine)
+    tasks = [asyncio.create_task(run_sla_scheduler(app, stop)) for app in apps]
+    try:
+        yield tasks
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_two_schedulers_announce_each_breach_exactly_once(infra, admin_engine):
+    tenant = unique_tenant("sla")
+    breached = [await insert_ticket(admin_engine, tenant) for _ in range(25)]
+    async with running_schedulers(infra, 2, sla_scan_batch_size=3):
+        # More arrive while both are scanning.
+        breached += [await insert_ticket(admin_engine, tenant) for _ in range(5)]
+        await wait_until(lambda: _count_at_least(admin_engine, tenant, 60))
+        await asyncio.sleep(0.5)  # dozens more scans by each scheduler
+    events = await breach_events(admin_engine, tenant)
+    pairs = [(e["data"]["ticket_id"], e["data"]["kind"]) for e in events]
+    assert len(pairs) == 60
+    assert sorted(pairs) == sorted(
+        (str(t), kind) for t in breached for kind in ("first_response", "resolution")
+    )
+    assert len({e["id"] for e in events}) == 60
+    for ticket_id in breached:
+        assert all(mark is not None for mark in await marks(admin_engine, ticket_id))
+
+
+async def _count_at_least(admin_engine, tenant, expected):
+    return len(await breach_events(admin_engine, tenant)) >= expected
+
+
+async def test_breach_event_carries_the_deadline_and_the_ticket(infra, admin_engine):
+    tenant = unique_tenant("sla")
+    due = datetime.now(UTC) - timedelta(minutes=5)
+    ticket_id = await insert_ticket(
+        admin_engine,
+        tenant,
+        first_response_due_at=due + timedelta(hours=1),  # not yet due
+        due_at=due,
+        subject="3층 엘리베이터 고장",
+    )
+    async with running_schedulers(infra, 1):
+        await wait_until(lambda: _count_at_least(admin_engine, tenant, 1))
+        await asyncio.sleep(0.2)
+    [event] = await breach_events(admin_engine, tenant)
+    assert event["nats_subject"] == f"tickets.{tenant}.ticket.sla_breached"
+    assert event["source"] == "/helpdesk/tickets" and event["tenant"] == tenant
+    assert event["subject"] == event["data"]["ticket_id"] == str(ticket_id)
+    data = event["data"]
+    assert data["kind"] == "resolution"
+    assert datetime.fromisoformat(data["due_at"]) == due
+    assert data["ticket"]["subject"] == "3층 엘리베이터 고장"
+    assert data["ticket"]["ticket_id"] == str(ticket_id) and data["ticket"]["number"] == 1
+    first_mark, resolution_mark = await marks(admin_engine, ticket_id)
+    assert first_mark is None
+    assert datetime.fromisoformat(data["breached_at"]) == resolution_mark
+
+
+async def test_paused_finished_deleted_and_future_tickets_are_not_breached(infra, admin_engine):
+    tenant = unique_tenant("sla")
+    now = datetime.now(UTC)
+    quiet = {
+        "paused": await insert_ticket(admin_engine, tenant, status_category="pending", sla_paused_at=now),
+        "resolved": await insert_ticket(admin_engine, tenant, status_category="resolved", resolved_at=now),
+        "closed": await insert_ticket(admin_engine, tenant, status_category="closed", closed_at=now),
+        "deleted": await insert_ticket(admin_engine, tenant, deleted_at=now),
+        "future": await insert_ticket(
+            admin_engine,
+            tenant,
+            first_response_due_at=now + timedelta(hours=1),
+            due_at=now + timedelta(hours=2),
+        ),
+        "no deadlines": await insert_ticket(admin_engine, tenant, first_response_due_at=None, due_at=None),
+        "already announced": await insert_ticket(
+            admin_engine, tenant, first_response_breached_at=now, resolution_breached_at=now
+        ),
+    }
+    # Pending without pausing still breaches: the clock runs unless the policy pauses it.
+    running = await insert_ticket(admin_engine, tenant, status_category="pending")
+    responded = await insert_ticket(
+        admin_engine, tenant, first_responded_at=now - timedelta(hours=2, minutes=30)
+    )
+    async with running_schedulers(infra, 1):
+        await wait_until(lambda: _count_at_least(admin_engine, tenant, 3))
+        await asyncio.sleep(0.3)
+    events = await breach_events(admin_engine, tenant)
+    assert sorted((e["data"]["ticket_id"], e["data"]["kind"]) for e in events) == sorted(
+        [(str(running), "first_response"), (str(running), "resolution"), (str(responded), "resolution")]
+    )
+    for name, ticket_id in quiet.items():
+        if name != "already announced":
+            assert await marks(admin_engine, ticket_id) == (None, None), name
+
+
+async def test_scan_queries_can_use_the_partial_indexes(admin_engine):
+    """The scan's conditions must imply the partial indexes' predicates, or every scan reads the
+    whole tenant. With every other index dropped (rolled back), the planner must pick them."""
+    now = datetime.now(UTC)
+    async with admin_engine.connect() as conn, conn.begin() as transaction:
+        others = await conn.execute(
+            text(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'tickets' AND tablename = 'tickets' "
+                "AND indexname NOT LIKE 'ix_tickets_sla_%' AND indexname <> 'pk_tickets'"
+            )
+        )
+        for (name,) in others.all():
+            await conn.execute(text(f'DROP INDEX tickets."{name}"'))
+        await conn.execute(text("SET LOCAL enable_seqscan = off"))
+        for kind, index in [
+            ("resolution", "ix_tickets_sla_resolution_scan"),
+            ("first_response", "ix_tickets_sla_first_response_scan"),
+        ]:
+            # As asyncpg runs it: bound parameters, and (after a few runs) a generic plan that
+            # cannot see their values.
+            compiled = repository.breach_candidates("acme", kind, now, 10).compile(
+                dialect=asyncpg_dialect(), compile_kwargs={"render_postcompile": True}
+            )
+            values = [_sql_literal(compiled.params[name]) for name in compiled.positiontup]
+            await conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+            await conn.execute(text(f"PREPARE scan_{kind} AS {compiled.string}"))
+            explained = await conn.execute(text(f"EXPLAIN EXECUTE scan_{kind}({', '.join(values)})"))
+            plan = "\n".join(row[0] for row in explained)
+            assert index in plan, plan
+        await transaction.rollback()
+
+
+def _sql_literal(value) -> str:
+    if isinstance(value, datetime):
+        return f"'{value.isoformat()}'::timestamptz"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+async def test_scheduler_survives_a_failing_scan_and_stops_promptly(infra, admin_engine):
+    tenant = unique_tenant("sla")
+    settings = settings_for(infra, Settings, "tickets", sla_scan_interval_s=0.05)
+    app = FastAPI()
+    app.state.settings = settings
+    calls = 0
+    engine = create_engine(settings)
+    real_factory = create_session_factory(engine)
+
+    def flaky_factory():
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise ConnectionError("database away")
+        return real_factory()
+
+    app.state.session_factory = flaky_factory
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_sla_scheduler(app, stop))
+    try:
+        await insert_ticket(admin_engine, tenant)
+        await wait_until(lambda: _count_at_least(admin_engine, tenant, 2))
+        assert calls > 2
+        # Stop mid-wait with a long interval: it must return well before the interval ends.
+        settings.sla_scan_interval_s = 60
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait_for(task, timeout=2)
+    finally:
+        stop.set()
+        await engine.dispose()
+
+
+async def test_scan_once_counts_and_skips_nothing_twice(infra, admin_engine):
+    tenant = unique_tenant("sla")
+    await insert_ticket(admin_engine, tenant)
+    settings = settings_for(infra, Settings, "tickets")
+    engine = create_engine(settings)
+    try:
+        factory = create_session_factory(engine)
+        first = await scan_once(factory, batch_size=1)
+        assert first >= 2  # other tests' tenants may have breaches too
+        await scan_once(factory, batch_size=1)
+        assert len(await breach_events(admin_engine, tenant)) == 2
+    finally:
+        await engine.dispose()
+
+
+async def test_service_app_publishes_breaches_to_nats(infra, admin_engine):
+    tenant = unique_tenant("sla")
+    nc = await nats.connect(infra.nats_url)
+    try:
+        sub = await nc.subscribe(f"tickets.{tenant}.ticket.sla_breached")
+        settings = settings_for(infra, Settings, "tickets", sla_scan_interval_s=0.1)
+        async with app_client(create_app(settings)):
+            ticket_id = await insert_ticket(admin_engine, tenant, first_response_due_at=None)
+            message = await sub.next_msg(timeout=15)
+        event = json.loads(message.data)
+        assert event["type"] == BREACHED_TYPE
+        assert event["data"] == {**event["data"], "ticket_id": str(ticket_id), "kind": "resolution"}
+        assert message.headers["Nats-Msg-Id"] == event["id"]
+    finally:
+        await nc.close()
