@@ -607,6 +607,8 @@ ID_ROUTES = [
     ("GET", "/{id}/comments", None),
     ("POST", "/{id}/comments", {"body": "hello"}),
     ("GET", "/{id}/history", None),
+    ("GET", "/{id}/attachments", None),
+    ("GET", "/{id}/attachments/" + SOME_ID, None),
 ]
 
 
@@ -811,8 +813,8 @@ async def test_resolved_ticket_lists_its_next_statuses_including_custom_ones(tic
     async with nothing_written(infra, desk.tenant):
         response = await patch_ticket(tickets, desk.admin, resolved.json(), status="pending")
     problem = assert_problem(response, 409)
-    # Display order: category, then position (the tenant's status has position 0), then key.
-    assert problem["allowed_next_statuses"] == ["open", "on_site", "in_progress", "closed"]
+    # Display order: by category, the built-in status first, then the tenant's.
+    assert problem["allowed_next_statuses"] == ["open", "in_progress", "on_site", "closed"]
 
 
 @pytest.mark.parametrize("status", ["no_such_status", "waiting_on_vendor"])

@@ -46,7 +46,8 @@ IDENTITIES = {  # caller -> (home tenant?, roles, user id)
 }
 
 # Route -> (method, path, body). In paths: {id} alice's ticket, {into} her second ticket,
-# {deleted} her soft-deleted ticket; the tenant has status `on_hold` and category `hvac`.
+# {deleted} her soft-deleted ticket; the tenant has status `on_hold`, category `hvac` and an
+# SLA policy for `low` (so has the stranger tenant).
 ROUTES: dict[str, tuple[str, str, Any]] = {
     "create": ("POST", "", {"subject": "new"}),
     "create for someone": ("POST", "", {"subject": "new", "assignee_id": "agent-1"}),
@@ -64,6 +65,7 @@ ROUTES: dict[str, tuple[str, str, Any]] = {
     "reply": ("POST", "/{id}/comments", {"body": "any news?"}),
     "internal note": ("POST", "/{id}/comments", {"body": "vendor code 7", "visibility": "internal"}),
     "history": ("GET", "/{id}/history", None),
+    "attachments": ("GET", "/{id}/attachments", None),
     "bulk": ("POST", "/bulk", {"ids": ["{id}"], "priority": "high"}),
     "statuses": ("GET", "/statuses", None),
     "add status": ("POST", "/statuses", {"key": "waiting_parts", "name": "Parts", "category": "pending"}),
@@ -72,6 +74,15 @@ ROUTES: dict[str, tuple[str, str, Any]] = {
     "add category": ("POST", "/categories", {"key": "plumbing", "name": "Plumbing"}),
     "remove category": ("DELETE", "/categories/hvac", None),
     "dead letters": ("GET", "/dead-letters", None),
+    "sla policies": ("GET", "/sla/policies", None),
+    "set sla policy": (
+        "PUT",
+        "/sla/policies/high",
+        {"first_response_minutes": 60, "resolution_minutes": 480},
+    ),
+    "remove sla policy": ("DELETE", "/sla/policies/low", None),
+    "sla calendar": ("GET", "/sla/calendar", None),
+    "set sla calendar": ("PUT", "/sla/calendar", {"time_zone": "Asia/Seoul"}),
 }
 
 # fmt: off
@@ -93,6 +104,7 @@ EXPECTED: dict[str, tuple[int, ...]] = {
     "reply":              (201, 404,  201,  201,  201,    404,    404,    404),
     "internal note":      (403, 404,  201,  201,  201,    404,    404,    404),
     "history":            (403, 404,  200,  200,  200,    404,    404,    404),
+    "attachments":        (200, 404,  200,  200,  200,    404,    404,    404),
     "bulk":               (403, 403,  200,  200,  200,    404,    404,    403),
     "statuses":           (200, 200,  200,  200,  200,    200,    200,    200),
     "add status":         (403, 403,  403,  201,  403,    403,    201,    403),
@@ -101,6 +113,13 @@ EXPECTED: dict[str, tuple[int, ...]] = {
     "add category":       (403, 403,  403,  201,  403,    403,    201,    403),
     "remove category":    (403, 403,  403,  204,  403,    403,    204,    403),
     "dead letters":       (403, 403,  403,  200,  403,    403,    200,    403),
+    # SLA reads are for agents and admins only (sla/endpoints.py STAFF): unlike the ticket
+    # routes, the service role is refused here.
+    "sla policies":       (403, 403,  200,  200,  403,    200,    200,    403),
+    "set sla policy":     (403, 403,  403,  200,  403,    403,    200,    403),
+    "remove sla policy":  (403, 403,  403,  204,  403,    403,    204,    403),
+    "sla calendar":       (403, 403,  200,  200,  403,    200,    200,    403),
+    "set sla calendar":   (403, 403,  403,  200,  403,    403,    200,    403),
 }
 # fmt: on
 
@@ -140,6 +159,9 @@ class World:
         return template
 
 
+LOW_POLICY = {"first_response_minutes": 480, "resolution_minutes": 4800}
+
+
 async def build_world(tickets, infra) -> World:
     tenant, stranger = unique_tenant("perm"), unique_tenant("perm-x")
     headers = {
@@ -160,6 +182,9 @@ async def build_world(tickets, infra) -> World:
         ("categories", {"key": "hvac", "name": "HVAC"}),
     ]:
         assert (await tickets.post(f"{TICKETS}/{path}", json=body, headers=admin)).status_code == 201
+    assert (
+        await tickets.put(f"{TICKETS}/sla/policies/low", json=LOW_POLICY, headers=admin)
+    ).status_code == 200
     # The stranger tenant has its own alice, ticket and settings, so a wrong scope would find rows.
     await create_ticket(tickets, headers["x-alice"], subject="radiator leaking in room 204", building="B1")
     for path, body in [
@@ -169,6 +194,10 @@ async def build_world(tickets, infra) -> World:
         assert (
             await tickets.post(f"{TICKETS}/{path}", json=body, headers=headers["x-admin"])
         ).status_code == 201
+    stranger_policy = await tickets.put(
+        f"{TICKETS}/sla/policies/low", json=LOW_POLICY, headers=headers["x-admin"]
+    )
+    assert stranger_policy.status_code == 200
     return World(tenant, stranger, headers, ticket, into, deleted, bobs)
 
 
