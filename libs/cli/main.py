@@ -243,7 +243,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.scenario == "tickets-api":
         from bench.tickets_api import main as bench_main
 
-        return bench_main(["--seconds", str(args.seconds), "--concurrency", str(args.concurrency)])
+        seconds = 20.0 if args.seconds is None else args.seconds
+        concurrency = 32 if args.concurrency is None else args.concurrency
+        return bench_main(["--seconds", str(seconds), "--concurrency", str(concurrency)])
+    if args.scenario == "tickets-scale":
+        from bench.tickets_scale import main as scale_main
+
+        # Its own defaults (8 clients, 1M tickets) unless given; it starts its own servers.
+        argv = ["--tickets", str(args.tickets)]
+        if args.seconds is not None:
+            argv += ["--seconds", str(args.seconds)]
+        if args.concurrency is not None:
+            argv += ["--concurrency", str(args.concurrency)]
+        return scale_main(argv + args.extra)
     print(f"unknown benchmark scenario: {args.scenario}", file=sys.stderr)
     return 2
 
@@ -289,10 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["admin", "agent", "requester", "service"])
     create.set_defaults(func=cmd_users_create)
 
-    bench = commands.add_parser("bench", help="run a benchmark against the running stack")
-    bench.add_argument("scenario", choices=["tickets-api"])
-    bench.add_argument("--seconds", type=float, default=20.0)
-    bench.add_argument("--concurrency", type=int, default=32)
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark (tickets-api: against the running stack; tickets-scale: on its own servers)",
+    )
+    bench.add_argument("scenario", choices=["tickets-api", "tickets-scale"])
+    bench.add_argument("--seconds", type=float, default=None, help="measured seconds per phase (default 20)")
+    bench.add_argument(
+        "--concurrency", type=int, default=None, help="clients (tickets-api: 32, tickets-scale: 8)"
+    )
+    bench.add_argument("--tickets", type=int, default=1_000_000, help="tickets-scale: tickets to seed")
+    bench.add_argument(
+        "extra",
+        nargs=argparse.REMAINDER,
+        help="tickets-scale: more options (see python -m bench.tickets_scale -h)",
+    )
     bench.set_defaults(func=cmd_bench)
 
     events = commands.add_parser("events", help="the published event contract").add_subparsers(

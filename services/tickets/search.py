@@ -19,6 +19,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     func,
     literal_column,
     or_,
@@ -66,7 +67,13 @@ def matches(tickets: Table, *, public_comments_only: bool) -> ColumnElement:
     )
     if public_comments_only:
         comment_hits = comment_hits.where(comments.c.visibility == "public")
-    return tickets.c.id.in_(union(ticket_hits, comment_hits).scalar_subquery())
+    # `id = ANY(<array of the hits>)`, not `id IN (<union>)`: the hits are computed once (an
+    # InitPlan) and the tickets are then fetched by primary key. With IN, the planner joined the
+    # union against a sequential scan of the tenant's tickets (850 ms at 100k tickets).
+    hits = union(ticket_hits, comment_hits).subquery("search_hits")
+    # The cast makes it an array expression (PostgreSQL reads `= ANY ((SELECT ...))` as a sublink).
+    hit_ids = cast(select(func.array_agg(hits.c.id)).scalar_subquery(), ARRAY(tickets.c.id.type))
+    return tickets.c.id == func.any(hit_ids)
 
 
 def rank() -> ColumnElement:

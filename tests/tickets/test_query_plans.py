@@ -1,0 +1,284 @@
+"""Query plans at 100k tickets: every documented filter and sort is served by an index, and a list
+request runs a fixed number of SQL statements whatever its page size.
+
+The data set comes from the benchmark's seeder (bench/seed_tickets.py) in this module's own
+tenants. Plans are those of the real statements: `repository.list_tickets` runs them with the
+service's parameters, as the service's role under row-level security, and `auto_explain` hands
+each executed plan back as a NOTICE. Both plan kinds are checked, since asyncpg reuses prepared
+statements and PostgreSQL switches to a generic plan after five executions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+from bench import seed_tickets
+from libs.common.db import async_url, set_tenant
+from services.tickets import repository
+from services.tickets.app import create_app
+from services.tickets.settings import Settings
+from tests.conftest import Infra, app_client, auth_headers, settings_for, unique_tenant
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TICKETS = 100_000
+COMMENTS = 20_000
+SORT_FIELDS = ("created_at", "updated_at", "priority", "due_at")
+PLAN_MODES = ("force_custom_plan", "force_generic_plan")
+
+
+@dataclasses.dataclass
+class Seeded:
+    tenants: list[str]
+    tenant: str  # the one the plans are checked in
+    values: dict[str, Any]  # real values of that tenant for the filters
+    now: datetime
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def seeded(infra: Infra) -> Seeded:
+    tenants = [unique_tenant("plans"), unique_tenant("plans")]
+    started = time.monotonic()
+    result = await (
+        seed_tickets.seed(
+            infra.admin_url, tickets=TICKETS, comments=COMMENTS, tenants=tenants, requesters_per_tenant=2_000,
+            log=lambda _line: None,
+        )
+    )  # fmt: skip
+    print(f"\nseeded {result.tickets} tickets in {time.monotonic() - started:.1f} s {result.phases}")
+    tenant = tenants[0]
+
+    async def values() -> dict[str, Any]:
+        conn = await asyncpg.connect(infra.admin_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT requester_id, assignee_id, room FROM tickets.tickets"
+                " WHERE tenant_id = $1 AND assignee_id IS NOT NULL ORDER BY created_at DESC LIMIT 1",
+                tenant,
+            )
+            parent = await conn.fetchval(
+                "SELECT parent_id::text FROM tickets.tickets WHERE tenant_id = $1 AND parent_id IS NOT NULL"
+                " LIMIT 1",
+                tenant,
+            )
+            return {**dict(row), "parent_id": parent}
+        finally:
+            await conn.close()
+
+    return Seeded(tenants, tenant, await values(), datetime.now(UTC))
+
+
+def filter_cases(seeded: Seeded) -> dict[str, repository.TicketFilters]:
+    """One case per documented filter of GET /api/v1/tickets (as the endpoint builds them)."""
+    now, v = seeded.now, seeded.values
+    cases = {
+        "status": repository.TicketFilters(statuses=("waiting_on_vendor",)),
+        "status (several)": repository.TicketFilters(statuses=("open", "in_progress")),
+        "status_category": repository.TicketFilters(status_categories=("pending",)),
+        "priority": repository.TicketFilters(priorities=("urgent",)),
+        "category": repository.TicketFilters(categories=("elevator",)),
+        "assignee": repository.TicketFilters(assignee_id=v["assignee_id"]),
+        "assignee=none": repository.TicketFilters(unassigned=True),
+        "group": repository.TicketFilters(group_id="hvac-team"),
+        "requester": repository.TicketFilters(requester_id=v["requester_id"]),
+        "tag": repository.TicketFilters(tags=("vip",)),
+        "tags (all of)": repository.TicketFilters(tags=("leak", "water")),
+        "building": repository.TicketFilters(building="Tower 2"),
+        "floor": repository.TicketFilters(floor="7"),
+        "room": repository.TicketFilters(room=v["room"]),
+        "created_from": repository.TicketFilters(created_from=now - timedelta(days=30)),
+        "created_to": repository.TicketFilters(created_to=now - timedelta(days=700)),
+        "updated_from": repository.TicketFilters(updated_from=now - timedelta(days=7)),
+        "updated_to": repository.TicketFilters(updated_to=now - timedelta(days=365)),
+        "cf": repository.TicketFilters(custom_fields={"vendor": "오티스"}),
+        "overdue": repository.TicketFilters(overdue_at=now),
+        "due_before": repository.TicketFilters(due_before=now + timedelta(days=1)),
+        "parent_id": repository.TicketFilters(parent_id=v["parent_id"]),
+        "deleted": repository.TicketFilters(deleted=True),
+        "q (Korean)": repository.TicketFilters(q="엘리베이터"),
+        "q (English)": repository.TicketFilters(q="leak"),
+    }
+    assert {field.name for field in dataclasses.fields(repository.TicketFilters)} <= {
+        field.name
+        for case in cases.values()
+        for field in dataclasses.fields(case)
+        if getattr(case, field.name)
+    }, "a TicketFilters field has no case here"
+    return cases
+
+
+@dataclasses.dataclass
+class PlanProbe:
+    """A session as the tickets role in one tenant; collects the plans auto_explain reports."""
+
+    session: AsyncSession
+    plans: list[str]
+
+    async def plans_of(self, call) -> tuple[list[dict[str, Any]], list[str]]:
+        self.plans.clear()
+        rows = await call()
+        # The plan is reported when the statement's portal is dropped, i.e. at the next statement.
+        await self.session.execute(text("SELECT 1"))
+        await asyncio.sleep(0)  # notices are delivered by callbacks
+        return rows, [plan for plan in self.plans if "tickets.tickets" in plan]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def probe(infra: Infra, seeded: Seeded) -> AsyncIterator[PlanProbe]:
+    engine = create_async_engine(async_url(infra.admin_url), pool_size=1)
+    plans: list[str] = []
+    try:
+        async with AsyncSession(engine) as session:
+            raw = (await (await session.connection()).get_raw_connection()).driver_connection
+            raw.add_log_listener(lambda _conn, message: plans.append(message.message))
+            # Superuser settings first, then become the service's role (row-level security applies).
+            for statement in (
+                "LOAD 'auto_explain'",
+                "SET auto_explain.log_min_duration = 0",
+                "SET auto_explain.log_level = 'notice'",
+                "SET client_min_messages = 'notice'",
+            ):
+                await session.execute(text(statement))
+            await session.commit()
+            async with session.begin():
+                await session.execute(text("SET LOCAL ROLE helpdesk_tickets"))
+                await set_tenant(session, seeded.tenant)
+                yield PlanProbe(session, plans)
+    finally:
+        await engine.dispose()
+
+
+def _cursor_values(row: dict[str, Any], sort: repository.Sort) -> list[Any]:
+    """The keyset values the endpoint decodes from a cursor made from `row`."""
+    return [row[name] for name in repository.SORT_VALUE_NAMES[sort.field]] + [row["id"]]
+
+
+async def _page(probe: PlanProbe, seeded: Seeded, filters, sort, mode: str, after=None, own=None):
+    await probe.session.execute(text(f"SET LOCAL plan_cache_mode = {mode}"))
+    return await probe.plans_of(
+        lambda: repository.list_tickets(
+            probe.session, seeded.tenant, filters, sort, limit=50, after=after, own_requester_id=own
+        )
+    )
+
+
+def _check(failures: list[str], label: str, plans: list[str]) -> None:
+    if not plans:
+        failures.append(f"{label}: no plan reported")
+    for plan in plans:
+        if "Seq Scan on tickets" in plan:
+            failures.append(f"{label}:\n{plan}")
+
+
+async def test_every_filter_and_sort_uses_an_index(probe: PlanProbe, seeded: Seeded) -> None:
+    failures: list[str] = []
+    pages_with_rows = 0
+    sorts = [repository.Sort(field, descending) for field in SORT_FIELDS for descending in (True, False)]
+    for name, filters in filter_cases(seeded).items():
+        case_sorts = sorts + ([repository.Sort("relevance", True)] if filters.q else [])
+        for sort in case_sorts:
+            # Generic plans for each filter's default sort; custom plans for every combination.
+            modes = (
+                PLAN_MODES
+                if sort == repository.Sort() or (filters.q is None and name == "status")
+                else PLAN_MODES[:1]
+            )
+            for mode in modes:
+                label = f"{name}, sort={sort.field} {'desc' if sort.descending else 'asc'}, {mode}"
+                rows, plans = await _page(probe, seeded, filters, sort, mode)
+                _check(failures, label, plans)
+                if rows:
+                    pages_with_rows += 1
+                    after = _cursor_values(rows[-1], sort)
+                    _rows, plans = await _page(probe, seeded, filters, sort, mode, after=after)
+                    _check(failures, label + ", with cursor", plans)
+    # Requesters see only their own tickets: that shape too.
+    for mode in PLAN_MODES:
+        own = seeded.values["requester_id"]
+        _rows, plans = await _page(
+            probe, seeded, repository.TicketFilters(), repository.Sort(), mode, own=own
+        )
+        _check(failures, f"requester's own tickets, {mode}", plans)
+    assert not failures, f"{len(failures)} plans scan tickets sequentially:\n\n" + "\n\n".join(failures[:5])
+    # The cases must find data, or the cursor pages above were never planned.
+    assert pages_with_rows > 100
+
+
+# -- statements per list request ----------------------------------------------------------------
+
+_counting: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("counting", default=None)
+
+
+def _record(statement: str) -> None:
+    statements = _counting.get()
+    if statements is not None:
+        statements.append(statement.split(None, 1)[0].upper() + " " + statement[:80])
+
+
+def _log_query(record: Any) -> None:  # asyncpg query logger: raw driver statements (fetch_all, BEGIN)
+    _record(record.query)
+
+
+def count_statements(engine) -> None:
+    """Count every statement the engine's connections run in the current context.
+
+    Two places, because the service uses two paths: SQLAlchemy executions (prepared statements,
+    invisible to asyncpg's query logger) and raw asyncpg calls (`fetch_all`, BEGIN/COMMIT).
+    Only statements issued under the test's context variable count, so the outbox relay
+    polling in its own task does not.
+    """
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _before(_conn, _cursor, statement, _params, _context, _executemany) -> None:
+        _record(statement)
+
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _checkout(dbapi_connection, _record_, _proxy) -> None:
+        dbapi_connection.driver_connection.add_query_logger(_log_query)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "&status=open&sort=updated_at",
+        "&tag=leak&priority=high&sort=priority&order=asc",
+        "&q=%EC%97%98%EB%A6%AC%EB%B2%A0%EC%9D%B4%ED%84%B0",  # q=엘리베이터
+        "&cf.impact=building&sort=due_at",
+    ],
+)
+async def test_statements_per_list_request_do_not_grow_with_page_size(
+    infra: Infra, seeded: Seeded, query: str
+) -> None:
+    app = create_app(settings_for(infra, Settings, "tickets"))
+    headers = auth_headers(infra, seeded.tenant, ["agent"], "agent-x")
+    counts = {}
+    async with app_client(app) as client:
+        count_statements(app.state.engine)
+        await client.get("/api/v1/tickets?limit=1", headers=headers)  # warm the pool and caches
+        for limit in (1, 200):
+            statements: list[str] = []
+            token = _counting.set(statements)
+            try:
+                response = await client.get(f"/api/v1/tickets?limit={limit}{query}", headers=headers)
+            finally:
+                _counting.reset(token)
+            assert response.status_code == 200, response.text
+            assert len(response.json()["items"]) == limit
+            counts[limit] = statements
+    assert counts[1], "no statement was counted: the counting hooks are broken"
+    assert len(counts[200]) == len(counts[1]), counts
+    # BEGIN, the tenant scope, the page, COMMIT: anything more per request is worth a look.
+    assert len(counts[1]) <= 4, counts[1]
