@@ -43,7 +43,8 @@ def dead_letters_router(public_prefix: str, table: Table) -> APIRouter:
         query = select(table).where(table.c.tenant_id == identity.tenant).order_by(table.c.id.desc())
         if cursor:
             (last_id,) = decode_cursor(cursor, 1)
-            if not isinstance(last_id, int):
+            # bool is an int to Python; ids are positive bigints, anything else fails in the driver.
+            if not isinstance(last_id, int) or isinstance(last_id, bool) or not 0 < last_id < 2**63:
                 raise ProblemError(400, "Bad Request", "malformed cursor")
             query = query.where(table.c.id < last_id)
         rows = (await session.execute(query.limit(limit + 1))).mappings().all()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from libs.common.auth import IdentityDep, require_roles
@@ -42,6 +42,8 @@ settings_router = APIRouter(prefix="/api/v1/tickets", tags=["ticket settings"])
 
 AdminOnly = require_roles("admin")
 INTERNAL_KEYS = ("priority_rank", "due_sort", "rank")
+# Keys as StatusCreate/CategoryCreate accept them; anything else cannot name a stored row.
+SettingKey = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
 
 
 def etag(ticket: dict[str, Any]) -> str:
@@ -79,7 +81,7 @@ async def create_status(
 
 
 @settings_router.delete("/statuses/{key}", status_code=204, dependencies=[AdminOnly])
-async def delete_status(key: str, session: TenantSessionDep, identity: IdentityDep) -> Response:
+async def delete_status(key: SettingKey, session: TenantSessionDep, identity: IdentityDep) -> Response:
     """Remove a tenant status that no ticket uses (admins). Built-in statuses stay."""
     if key in BUILTIN_STATUSES:
         raise ProblemError(409, "Conflict", f"built-in status {key!r} cannot be removed")
@@ -107,7 +109,7 @@ async def create_category(
 
 
 @settings_router.delete("/categories/{key}", status_code=204, dependencies=[AdminOnly])
-async def delete_category(key: str, session: TenantSessionDep, identity: IdentityDep) -> Response:
+async def delete_category(key: SettingKey, session: TenantSessionDep, identity: IdentityDep) -> Response:
     """Remove a category (admins); tickets keep the key they have."""
     if not await repository.delete_category(session, identity.tenant, key):
         raise ProblemError(404, "Not Found", f"category {key!r} not found")
@@ -222,11 +224,27 @@ async def merge_ticket(
     return _ticket_response(await service.merge_ticket(session, identity, ticket_id, data.into_ticket_id))
 
 
+def _cursor_time(raw: Any) -> datetime:
+    # In UTC here: a far-off offset (9999-12-31T23:59-14:00) must fail now, not in the driver.
+    value = datetime.fromisoformat(raw)
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _cursor_id(raw: Any) -> UUID:
+    if not isinstance(raw, str):
+        raise TypeError("cursor id is not a string")
+    return UUID(raw)
+
+
+# What a cursor's values may raise when a client made them up.
+CURSOR_ERRORS = (TypeError, ValueError, OverflowError)
+
+
 def _parse_time_cursor(cursor: str) -> tuple[datetime, UUID]:
     created_at, item_id = decode_cursor(cursor, 2)
     try:
-        return datetime.fromisoformat(created_at), UUID(item_id)
-    except (TypeError, ValueError):
+        return _cursor_time(created_at), _cursor_id(item_id)
+    except CURSOR_ERRORS:
         raise ProblemError(400, "Bad Request", "malformed cursor") from None
 
 
@@ -277,15 +295,27 @@ async def list_history(
 
 # -- list and search ---------------------------------------------------------------------------
 
-TextFilter = Annotated[str | None, Query(min_length=1, max_length=200)]
+# No NUL: PostgreSQL text cannot hold it, so the driver would fail on the parameter.
+TextFilter = Annotated[str | None, Query(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 ListFilter = Annotated[list[str], Query(max_length=50)]
 CUSTOM_FIELD_PREFIX = "cf."
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    """Naive times are UTC; a time that has no UTC value in range is bad input, not a 500."""
+    if value is None:
+        return None
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        detail = f"{name} is out of range"
+        raise ProblemError(
+            422,
+            "Validation Error",
+            detail,
+            type_="https://helpdesk.dev/problems/validation",
+            errors=[{"loc": ["query", name], "field": name, "message": detail, "type": "value_error"}],
+        ) from None
 
 
 def _custom_field_filters(request: Request) -> dict[str, str] | None:
@@ -321,15 +351,16 @@ def _decode_list_cursor(cursor: str, sort: repository.Sort) -> list[Any]:
         parsed: list[Any] = []
         for name, raw in zip(value_names, values[2:-1], strict=True):
             if name in ("created_at", "updated_at", "due_sort"):
-                parsed.append(
-                    datetime.fromisoformat(raw) if raw != "infinity" else datetime.max.replace(tzinfo=UTC)
-                )
+                parsed.append(_cursor_time(raw) if raw != "infinity" else datetime.max.replace(tzinfo=UTC))
             elif name == "priority_rank":
-                parsed.append(int(raw))
+                rank = int(raw)
+                if not 0 <= rank <= 32767:  # a smallint column
+                    raise ValueError("priority rank out of range")
+                parsed.append(rank)
             else:
                 parsed.append(float(raw))
-        parsed.append(UUID(values[-1]))
-    except (TypeError, ValueError):
+        parsed.append(_cursor_id(values[-1]))
+    except CURSOR_ERRORS:
         raise ProblemError(
             400, "Bad Request", "malformed cursor", type_="https://helpdesk.dev/problems/cursor"
         ) from None
@@ -410,13 +441,13 @@ async def list_tickets(
         building=building,
         floor=floor,
         room=room,
-        created_from=_utc(created_from),
-        created_to=_utc(created_to),
-        updated_from=_utc(updated_from),
-        updated_to=_utc(updated_to),
+        created_from=_utc(created_from, "created_from"),
+        created_to=_utc(created_to, "created_to"),
+        updated_from=_utc(updated_from, "updated_from"),
+        updated_to=_utc(updated_to, "updated_to"),
         custom_fields=_custom_field_filters(request),
         overdue_at=datetime.now(UTC) if overdue else None,
-        due_before=_utc(due_before),
+        due_before=_utc(due_before, "due_before"),
         parent_id=str(parent_id) if parent_id else None,
         deleted=deleted,
         q=q,

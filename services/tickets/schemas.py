@@ -55,7 +55,9 @@ Tag = Annotated[
 ]
 UserId = _text(200)
 Source = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9:_-]{0,39}$")]
-Email = Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+Email = Annotated[
+    str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"), AfterValidator(_no_nul)
+]
 
 
 def _depth(value: Any) -> int:
@@ -74,7 +76,11 @@ def _check_custom_fields(value: dict[str, Any]) -> dict[str, Any]:
             raise ValueError("custom field names are 1..64 characters")
     if _depth(value) > MAX_CUSTOM_FIELDS_DEPTH:
         raise ValueError(f"custom fields may nest at most {MAX_CUSTOM_FIELDS_DEPTH} levels")
-    encoded = json.dumps(value, ensure_ascii=False)
+    try:
+        # JSONB has no NaN or Infinity (Python's json module accepts and writes them).
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValueError("custom field numbers must be finite") from None
     if len(encoded.encode()) > MAX_CUSTOM_FIELDS_BYTES:
         raise ValueError(f"custom fields are at most {MAX_CUSTOM_FIELDS_BYTES} bytes of JSON")
     if "\\u0000" in encoded:

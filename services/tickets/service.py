@@ -31,6 +31,7 @@ from services.tickets.events import (
 from services.tickets.models import outbox
 from services.tickets.richtext import html_to_text
 from services.tickets.schemas import (
+    MAX_TAGS,
     REQUESTER_UPDATE_FIELDS,
     STAFF_ONLY_CREATE_FIELDS,
     BulkUpdate,
@@ -441,6 +442,10 @@ async def bulk_update(session: AsyncSession, identity: Identity, data: BulkUpdat
             tags = list(data.tags) if data.tags is not None else list(ticket["tags"])
             tags += [tag for tag in data.add_tags or [] if tag not in tags]
             requested["tags"] = [tag for tag in tags if tag not in set(data.remove_tags or [])]
+            if len(requested["tags"]) > MAX_TAGS:  # add_tags would otherwise grow a ticket without bound
+                count = len(requested["tags"])
+                detail = f"ticket #{ticket['number']} would get {count} tags (at most {MAX_TAGS})"
+                raise _invalid(detail, "tags")
         results.append(await _apply_changes(session, identity, ticket, requested, workflow, now))
     return results
 

@@ -1,0 +1,110 @@
+"""Shared helpers for the adversarial tickets tests: problem assertions and write detection."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import asyncpg
+import httpx
+
+from libs.common.db import plain_dsn
+from tests.conftest import Infra
+
+PROBLEM = "application/problem+json"
+TICKETS = "/api/v1/tickets"
+
+
+def assert_problem(
+    response: httpx.Response,
+    status: int,
+    *,
+    fields: tuple[str, ...] = (),
+    detail: str | None = None,
+) -> dict[str, Any]:
+    """`response` is an RFC 9457 problem with `status`, a title and a detail; a 422 lists `fields`."""
+    assert response.status_code == status, f"{response.status_code} != {status}: {response.text[:500]}"
+    assert response.headers["content-type"] == PROBLEM, response.headers["content-type"]
+    problem = response.json()
+    assert problem["status"] == status
+    assert problem["title"] and problem["detail"] and problem["type"]
+    # Never a stack trace, never an internal error text.
+    assert "Traceback" not in response.text and "asyncpg" not in response.text
+    if status == 422:
+        named = [error["field"] for error in problem["errors"]]
+        assert all(error["message"] for error in problem["errors"])
+        for field in fields:
+            assert field in named, f"{field!r} not among the errors' fields {named}"
+    if detail is not None:
+        assert detail in problem["detail"], problem["detail"]
+    return problem
+
+
+def cursor_of(values: Any) -> str:
+    """A cursor in the service's encoding (urlsafe base64 of JSON), with any content."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+async def admin_fetch(infra: Infra, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Read with the superuser (no row-level security), to see what really is in the tables."""
+    conn = await asyncpg.connect(plain_dsn(infra.admin_url))
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def tenant_state(infra: Infra, tenant: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row the tenant owns in the tickets schema, plus its outbox events.
+
+    Compared before and after a rejected request to prove it wrote nothing. Ticket numbers
+    are left out on purpose: like a sequence, a create that fails late may skip a number.
+    """
+    queries = {
+        "tickets": "SELECT * FROM tickets.tickets WHERE tenant_id = $1 ORDER BY id",
+        "comments": "SELECT * FROM tickets.comments WHERE tenant_id = $1 ORDER BY id",
+        "history": "SELECT * FROM tickets.ticket_history WHERE tenant_id = $1 ORDER BY id",
+        "statuses": "SELECT * FROM tickets.statuses WHERE tenant_id = $1 ORDER BY key",
+        "categories": "SELECT * FROM tickets.categories WHERE tenant_id = $1 ORDER BY key",
+        "idempotency_keys": "SELECT * FROM tickets.idempotency_keys WHERE tenant_id = $1 ORDER BY key",
+        "outbox": "SELECT id, subject, aggregate_id FROM tickets.outbox WHERE subject LIKE $1 ORDER BY id",
+    }
+    conn = await asyncpg.connect(plain_dsn(infra.admin_url))
+    try:
+        state = {}
+        for name, sql in queries.items():
+            argument = f"tickets.{tenant}.%" if name == "outbox" else tenant
+            state[name] = [dict(row) for row in await conn.fetch(sql, argument)]
+        return state
+    finally:
+        await conn.close()
+
+
+async def create_ticket(client: httpx.AsyncClient, headers: dict[str, str], **fields: Any) -> dict[str, Any]:
+    response = await client.post(
+        TICKETS, json={"subject": "elevator stuck on floor 3", **fields}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def add_comment(
+    client: httpx.AsyncClient, headers: dict[str, str], ticket_id: str, body: str, visibility: str = "public"
+) -> dict[str, Any]:
+    response = await client.post(
+        f"{TICKETS}/{ticket_id}/comments", json={"body": body, "visibility": visibility}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def patch_ticket(
+    client: httpx.AsyncClient, headers: dict[str, str], ticket: dict[str, Any], **changes: Any
+) -> httpx.Response:
+    """PATCH with the If-Match of the given ticket representation."""
+    return await client.patch(
+        f"{TICKETS}/{ticket['id']}",
+        json=changes,
+        headers=headers | {"If-Match": f'W/"{ticket["version"]}"'},
+    )
