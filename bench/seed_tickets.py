@@ -32,7 +32,7 @@ from typing import Any
 
 import asyncpg
 
-from services.tickets.search import hangul_bigrams
+from services.tickets.search import search_terms_of
 
 SCHEMA = "tickets"
 DEFAULT_TENANT_COUNT = 10
@@ -296,7 +296,7 @@ TICKET_COLUMNS = (
     "category", "type", "source", "location", "building", "floor", "room", "requester_id", "requester_name",
     "requester_email", "assignee_id", "group_id", "tags", "custom_fields", "watchers", "due_at",
     "first_response_due_at", "first_responded_at", "resolved_at", "closed_at", "parent_id", "deleted_at",
-    "created_at", "updated_at", "version", "search_bigrams",
+    "created_at", "updated_at", "version", "search_terms",
 )  # fmt: skip
 COMMENT_COLUMNS = (
     "id",
@@ -306,7 +306,7 @@ COMMENT_COLUMNS = (
     "visibility",
     "body",
     "created_at",
-    "search_bigrams",
+    "search_terms",
 )
 KO_COMMENTS = (
     "확인했습니다. 담당 기사님을 배정하겠습니다.",
@@ -336,7 +336,9 @@ INTERNAL_COMMENTS = (
     "Budget approval needed before the repair.",
 )
 # Comment bodies repeat, so their search bigrams are computed once.
-bigrams_of_comment = {body: hangul_bigrams(body) for body in (*KO_COMMENTS, *EN_COMMENTS, *INTERNAL_COMMENTS)}
+search_terms_of_comment = {
+    body: search_terms_of(body) for body in (*KO_COMMENTS, *EN_COMMENTS, *INTERNAL_COMMENTS)
+}
 
 
 # -- people and places per tenant ----------------------------------------------------------------
@@ -541,7 +543,7 @@ def generate_tickets(
             _dt(due) if due else None, _dt(first_response_due), _dt(responded) if responded else None,
             _dt(resolved_at) if resolved_at else None, _dt(closed_at) if closed_at else None, parent_id,
             deleted_at, _dt(created), _dt(updated), 1 + (status_category != "open") + finished,
-            hangul_bigrams(f"{subject} {description}"),
+            search_terms_of(f"{subject} {description}"),
         )  # fmt: skip
 
 
@@ -580,7 +582,7 @@ def generate_comments(
             "internal" if internal else "public",
             body,
             _dt(at),
-            bigrams_of_comment[body],
+            search_terms_of_comment[body],
         )
 
 

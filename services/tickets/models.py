@@ -91,14 +91,14 @@ tickets = Table(
     Column("merged_into_id", UUID(as_uuid=True)),
     Column("deleted_at", DateTime(timezone=True)),
     # Search: the Hangul bigrams of subject + description (written by the service, see
-    # search.hangul_bigrams) and the stored vector of words + bigrams the database derives.
-    Column("search_bigrams", Text, nullable=False, server_default=""),
+    # search.search_terms_of) and the stored vector of words + bigrams the database derives.
+    Column("search_terms", Text, nullable=False, server_default=""),
     Column(
         "search_vector",
         TSVECTOR,
         Computed(
             "to_tsvector('simple'::regconfig, (subject || ' '::text) || description) "
-            "|| to_tsvector('simple'::regconfig, search_bigrams)",
+            "|| to_tsvector('simple'::regconfig, search_terms)",
             persisted=True,
         ),
         nullable=False,
@@ -177,12 +177,12 @@ comments = Table(
     Column("visibility", Text, nullable=False),
     Column("body", Text, nullable=False),
     _created_at(),
-    Column("search_bigrams", Text, nullable=False, server_default=""),
+    Column("search_terms", Text, nullable=False, server_default=""),
     Column(
         "search_vector",
         TSVECTOR,
         Computed(
-            "to_tsvector('simple'::regconfig, body) || to_tsvector('simple'::regconfig, search_bigrams)",
+            "to_tsvector('simple'::regconfig, body) || to_tsvector('simple'::regconfig, search_terms)",
             persisted=True,
         ),
         nullable=False,

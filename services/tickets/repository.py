@@ -50,7 +50,7 @@ TICKET_COLUMNS = [
         "priority_rank",
         "first_response_breached_at",
         "resolution_breached_at",
-        "search_bigrams",
+        "search_terms",
         "search_vector",
     }
 ]
@@ -111,7 +111,7 @@ _INSERT_COLUMNS = [
     "parent_id",
     "due_at",
     "first_response_due_at",
-    "search_bigrams",
+    "search_terms",
     "created_at",
     "updated_at",
 ]

@@ -43,15 +43,19 @@ MAX_HITS = 1000
 _HANGUL_RUN = re.compile(r"[가-힣]{2,}")
 _HANGUL_WORD = re.compile(r"^[가-힣]{2,}$")
 _TOKEN = re.compile(r"[^\W_]+")
+_DIGITS = re.compile(r"\d+")
 
 
-def hangul_bigrams(text: str) -> str:
-    """The overlapping two-syllable pieces of every Hangul run, in order: 엘리베이터 -> 엘리 리베 베이 이터.
+def search_terms_of(text: str) -> str:
+    """Extra search terms for text, stored with each ticket and comment (`search_terms`).
 
-    Stored with each ticket and comment (`search_bigrams`); its vector lets a Korean term match
-    inside longer words (엘리베이터 in 엘리베이터가), which word search alone cannot.
+    The overlapping two-syllable pieces of every Hangul run (엘리베이터 -> 엘리 리베 베이 이터),
+    so a Korean term matches inside longer words (엘리베이터 in 엘리베이터가), which word search
+    cannot; and every run of digits, which PostgreSQL's parser otherwise reads as part of
+    something else (`-4242` in "zebra-4242", a signed number).
     """
-    return " ".join(run[i : i + 2] for run in _HANGUL_RUN.findall(text) for i in range(len(run) - 1))
+    bigrams = (run[i : i + 2] for run in _HANGUL_RUN.findall(text) for i in range(len(run) - 1))
+    return " ".join([*bigrams, *_DIGITS.findall(text)])
 
 
 def tsquery_text(q: str) -> str | None:

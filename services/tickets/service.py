@@ -182,7 +182,7 @@ async def create_ticket(session: AsyncSession, identity: Identity, data: TicketC
         status_category="open",
         priority=data.priority.value,
         requester_id=data.requester_id or identity.user_id,
-        search_bigrams=search.hangul_bigrams(f"{data.subject} {data.description}"),
+        search_terms=search.search_terms_of(f"{data.subject} {data.description}"),
         created_at=now,
         updated_at=now,
         **deadlines,
@@ -297,7 +297,7 @@ async def _apply_changes(
         return repository.client_view(ticket)
     after = {**ticket, **changes}
     if "subject" in changes or "description" in changes:
-        changes["search_bigrams"] = search.hangul_bigrams(f"{after['subject']} {after['description']}")
+        changes["search_terms"] = search.search_terms_of(f"{after['subject']} {after['description']}")
     changes.update(await sla.deadline_changes(session, tenant, ticket, after, now))
     changes = {
         field: value
@@ -472,7 +472,7 @@ async def add_comment(
             "author_id": identity.user_id,
             "visibility": data.visibility,
             "body": body,
-            "search_bigrams": search.hangul_bigrams(body),
+            "search_terms": search.search_terms_of(body),
             "created_at": now,
         },
     )

@@ -175,11 +175,14 @@ async def test_similar_without_a_building_uses_text_similarity(tickets, infra):
     assert [item["id"] for item in found] == [second["id"]]
 
 
-def test_hangul_bigrams_cover_every_run_in_order():
-    from services.tickets.search import hangul_bigrams
+def test_search_terms_are_hangul_bigrams_and_digit_runs():
+    from services.tickets.search import search_terms_of
 
-    assert hangul_bigrams("3층 엘리베이터가 멈춤, Elevator") == "엘리 리베 베이 이터 터가 멈춤"
-    assert hangul_bigrams("물 샘") == ""  # one-syllable words are found as words, not bigrams
+    assert (
+        search_terms_of("3층 엘리베이터가 멈춤, Elevator zebra-4242")
+        == "엘리 리베 베이 이터 터가 멈춤 3 4242"
+    )
+    assert search_terms_of("물 샘") == ""  # one-syllable words are found as words, not bigrams
 
 
 def test_query_terms_become_prefixes_and_korean_phrases():

@@ -6,7 +6,7 @@ Create Date: 2026-11-22
 
 Trigrams cannot serve a two-syllable Korean term (누수 has no complete trigram), so such a
 search read every row of the tenant. Each ticket and comment now keeps the overlapping
-two-syllable pieces of its Hangul text (`search_bigrams`, written by the service) and a stored
+two-syllable pieces of its Hangul text (`search_terms`, written by the service) and a stored
 `search_vector` = words + those bigrams; a Korean term becomes a phrase of its bigrams, which
 finds it inside longer words. The GIN index leads with tenant_id (btree_gin), so a search
 touches one tenant's postings.
@@ -24,23 +24,23 @@ SCHEMA = "tickets"
 
 VECTORS = {
     "tickets": "to_tsvector('simple'::regconfig, (subject || ' '::text) || description) "
-    "|| to_tsvector('simple'::regconfig, search_bigrams)",
-    "comments": "to_tsvector('simple'::regconfig, body) || to_tsvector('simple'::regconfig, search_bigrams)",
+    "|| to_tsvector('simple'::regconfig, search_terms)",
+    "comments": "to_tsvector('simple'::regconfig, body) || to_tsvector('simple'::regconfig, search_terms)",
 }
 TEXT_COLUMNS = {"tickets": ["subject", "description"], "comments": ["body"]}
 
 
 def _backfill(table: str) -> None:
     """Existing rows get their bigrams from the same Python function the service uses."""
-    from services.tickets.search import hangul_bigrams
+    from services.tickets.search import search_terms_of
 
     bind = op.get_bind()
     columns = ", ".join(TEXT_COLUMNS[table])
     rows = bind.execute(sa.text(f'SELECT id, {columns} FROM "{SCHEMA}".{table}')).all()
-    updates = [{"id": row[0], "bigrams": hangul_bigrams(" ".join(row[1:]))} for row in rows]
+    updates = [{"id": row[0], "bigrams": search_terms_of(" ".join(row[1:]))} for row in rows]
     if updates:
         bind.execute(
-            sa.text(f'UPDATE "{SCHEMA}".{table} SET search_bigrams = :bigrams WHERE id = :id'), updates
+            sa.text(f'UPDATE "{SCHEMA}".{table} SET search_terms = :bigrams WHERE id = :id'), updates
         )
 
 
@@ -48,7 +48,7 @@ def upgrade() -> None:
     op.execute("CREATE EXTENSION IF NOT EXISTS btree_gin WITH SCHEMA public")
     for table, vector in VECTORS.items():
         op.add_column(
-            table, sa.Column("search_bigrams", sa.Text(), nullable=False, server_default=""), schema=SCHEMA
+            table, sa.Column("search_terms", sa.Text(), nullable=False, server_default=""), schema=SCHEMA
         )
         _backfill(table)
         op.add_column(
@@ -87,4 +87,4 @@ def downgrade() -> None:
     for table in VECTORS:
         op.execute(f'DROP INDEX IF EXISTS "{SCHEMA}".ix_{table}_tenant_id_search_vector')
         op.drop_column(table, "search_vector", schema=SCHEMA)
-        op.drop_column(table, "search_bigrams", schema=SCHEMA)
+        op.drop_column(table, "search_terms", schema=SCHEMA)
