@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.sql.base import Executable
@@ -88,7 +88,7 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 # The PostgreSQL setting row-level security policies compare `tenant_id` with.
 TENANT_SETTING = "app.tenant_id"
-_SET_TENANT = text(f"SELECT set_config('{TENANT_SETTING}', :tenant, true)")
+_SET_TENANT_SQL = f"SELECT set_config('{TENANT_SETTING}', $1, true)"
 
 
 async def set_tenant(session: AsyncSession, tenant: str) -> None:
@@ -98,7 +98,9 @@ async def set_tenant(session: AsyncSession, tenant: str) -> None:
     tenant's scope into the next transaction. Also opens the transaction, so raw reads by
     `fetch_all` that follow run inside it.
     """
-    await session.execute(_SET_TENANT, {"tenant": tenant})
+    conn = await session.connection()
+    # Driver-level SQL: the statement needs no compiling, and this runs on every request.
+    await conn.exec_driver_sql(_SET_TENANT_SQL, (tenant,))
 
 
 async def get_tenant_session(request: Request, identity: IdentityDep) -> AsyncIterator[AsyncSession]:

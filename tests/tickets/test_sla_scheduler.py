@@ -113,7 +113,8 @@ async def test_two_schedulers_announce_each_breach_exactly_once(infra, admin_eng
     async with running_schedulers(infra, 2, sla_scan_batch_size=3):
         # More arrive while both are scanning.
         breached += [await insert_ticket(admin_engine, tenant) for _ in range(5)]
-        await wait_until(lambda: _count_at_least(admin_engine, tenant, 60))
+        # Every pass visits every tenant of the test database (hundreds in a full run).
+        await wait_until(lambda: _count_at_least(admin_engine, tenant, 60), timeout=90)
         await asyncio.sleep(0.5)  # dozens more scans by each scheduler
     events = await breach_events(admin_engine, tenant)
     pairs = [(e["data"]["ticket_id"], e["data"]["kind"]) for e in events]
