@@ -355,3 +355,34 @@ async def test_the_apps_pooled_connections_carry_no_tenant_after_requests(two_te
                 conn = await stack.enter_async_context(engine.connect())
                 assert (await conn.execute(text("SELECT count(*) FROM tickets.tickets"))).scalar_one() == 0
                 assert (await conn.execute(text("SELECT count(*) FROM tickets.comments"))).scalar_one() == 0
+
+
+async def test_ticket_number_allocation_inside_a_scoped_transaction_keeps_its_scope(
+    two_tenants, service_conn
+):
+    async with service_conn.transaction():
+        await scope(service_conn, two_tenants.a)
+        await service_conn.fetchval("SELECT tickets.next_ticket_number($1)", two_tenants.b)
+        assert set(await tenants_visible(service_conn, "tickets")) == {two_tenants.a}
+
+
+async def test_rows_with_an_empty_tenant_id_stay_invisible_after_a_scope_ends(
+    two_tenants, infra, service_conn
+):
+    # After a scoped transaction the setting reads '' rather than NULL on that connection.
+    await admin_fetch(
+        infra, "INSERT INTO tickets.categories (tenant_id, key, name) VALUES ('', 'ghost', 'g')"
+    )
+    try:
+        async with service_conn.transaction():
+            await scope(service_conn, two_tenants.a)
+        assert await service_conn.fetchval("SELECT current_setting('app.tenant_id', true)") == ""
+        assert (
+            await service_conn.fetchval("SELECT count(*) FROM tickets.categories WHERE tenant_id = ''") == 0
+        )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await service_conn.execute(
+                "INSERT INTO tickets.categories (tenant_id, key, name) VALUES ('', 'x', 'x')"
+            )
+    finally:
+        await admin_fetch(infra, "DELETE FROM tickets.categories WHERE tenant_id = ''")

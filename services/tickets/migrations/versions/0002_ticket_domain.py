@@ -28,7 +28,9 @@ TENANT_TABLES = [
     "sla_policies",
     "tenant_settings",
 ]
-TENANT_SETTING = "current_setting('app.tenant_id', true)"
+# After a scoped transaction ends, the setting reads '' (not NULL) on that connection: NULLIF
+# keeps an unscoped statement from matching rows with an empty tenant id.
+TENANT_SETTING = "NULLIF(current_setting('app.tenant_id', true), '')"
 
 
 def _timestamps() -> list[sa.Column]:

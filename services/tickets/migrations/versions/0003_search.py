@@ -41,12 +41,16 @@ def upgrade() -> None:
     op.execute(
         f"""CREATE FUNCTION "{SCHEMA}".next_ticket_number(p_tenant text) RETURNS integer
         LANGUAGE plpgsql AS $$
-        DECLARE allocated integer;
+        DECLARE
+            allocated integer;
+            caller_tenant text := current_setting('app.tenant_id', true);
         BEGIN
             PERFORM set_config('app.tenant_id', p_tenant, true);
             INSERT INTO "{SCHEMA}".ticket_numbers AS n (tenant_id, last_number) VALUES (p_tenant, 1)
             ON CONFLICT (tenant_id) DO UPDATE SET last_number = n.last_number + 1
             RETURNING n.last_number INTO allocated;
+            -- Called inside a scoped transaction, it must not leave that transaction re-scoped.
+            PERFORM set_config('app.tenant_id', coalesce(caller_tenant, ''), true);
             RETURN allocated;
         END $$"""
     )
