@@ -38,8 +38,11 @@ _SIMPLE = literal_column("'simple'::regconfig")
 
 
 # Relevance is ranked among the newest MAX_HITS matching tickets plus the tickets of the newest
-# MAX_HITS matching comments: a term found in a large share of a tenant still answers quickly.
-MAX_HITS = 1000
+# MAX_HITS matching comments (after the other filters). For a term found in a large share of a
+# tenant the planner then walks the newest rows and stops early instead of reading every match:
+# at 1M tickets 9-30 ms instead of 100-170 ms for 엘리베이터/누수/printer.
+MAX_HITS = 200
+MIN_PREFIX_LENGTH = 3
 _HANGUL_RUN = re.compile(r"[가-힣]{2,}")
 _HANGUL_WORD = re.compile(r"^[가-힣]{2,}$")
 _TOKEN = re.compile(r"[^\W_]+")
@@ -63,13 +66,18 @@ def tsquery_text(q: str) -> str | None:
     as the phrase of its bigrams anywhere in a word. None when q has no searchable term."""
     terms = []
     for token in _TOKEN.findall(q.lower()):
-        alternatives = [f"'{token}':*"]
         if _HANGUL_WORD.match(token):
-            alternatives.append(
-                "(" + " <-> ".join(f"'{token[i : i + 2]}'" for i in range(len(token) - 1)) + ")"
-            )
-        terms.append("(" + " | ".join(alternatives) + ")")
-    return " & ".join(terms) if terms else None
+            # The phrase of its bigrams finds the term anywhere in a word. The word-prefix
+            # alternative adds no matches, but without it PostgreSQL estimates the phrase as rare
+            # (it multiplies the bigrams' frequencies) and reads every match through the GIN
+            # index (160 ms at 1M tickets) instead of walking the newest rows (11 ms).
+            phrase = " <-> ".join(f"'{token[i : i + 2]}'" for i in range(len(token) - 1))
+            terms.append(f"'{token}':* | {phrase}")
+        elif len(token) >= MIN_PREFIX_LENGTH:
+            terms.append(f"'{token}':*")
+        else:  # a one- or two-letter prefix would expand to a large share of the vocabulary
+            terms.append(f"'{token}'")
+    return " & ".join(f"({term})" for term in terms) if terms else None
 
 
 def params(q: str) -> dict[str, Any]:

@@ -188,8 +188,8 @@ def test_search_terms_are_hangul_bigrams_and_digit_runs():
 def test_query_terms_become_prefixes_and_korean_phrases():
     from services.tickets.search import tsquery_text
 
-    assert tsquery_text("Elev 누수") == "('elev':*) & ('누수':* | ('누수'))"
-    assert tsquery_text("엘리베이터") == "('엘리베이터':* | ('엘리' <-> '리베' <-> '베이' <-> '이터'))"
+    assert tsquery_text("Elev 누수 Wi-Fi") == "('elev':*) & ('누수':* | '누수') & ('wi') & ('fi')"
+    assert tsquery_text("엘리베이터") == "('엘리베이터':* | '엘리' <-> '리베' <-> '베이' <-> '이터')"
     assert tsquery_text("%_'") is None
 
 
