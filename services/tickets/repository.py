@@ -343,7 +343,15 @@ async def list_tickets(
     params.update(tenant_id=tenant_id, own_requester_id=own_requester_id, limit=limit + 1)
     for index, value in enumerate(after or []):
         params[f"after_{index}"] = value
+    if filters.q is not None:
+        # A search's best plan depends on how common its terms are (walk the newest rows, or
+        # read the matches from the GIN index). A prepared statement's generic plan cannot know,
+        # and after five runs PostgreSQL would use it for every term (seconds for a rare one).
+        await (await session.connection()).exec_driver_sql(_CUSTOM_PLANS)
     return await fetch_all(session, query, **params)
+
+
+_CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 
 _GET_TICKET = select(*TICKET_COLUMNS).where(
