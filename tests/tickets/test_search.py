@@ -200,3 +200,15 @@ async def test_korean_terms_match_inside_longer_words_and_english_prefixes(ticke
     assert names(await search(tickets, agent, "elev"), made) == {"elevator_en"}
     assert names(await search(tickets, agent, "엘리베이터 문이"), made) == {"elevator_ko"}  # all terms
     assert await search(tickets, agent, "엘리베이터 printer") == []
+
+
+async def test_search_and_containment_operators_may_run_before_the_tenant_policy(infra):
+    """LEAKPROOF lets PostgreSQL use the GIN indexes under row-level security (migration 0005)."""
+    from tests.tickets.support import admin_fetch
+
+    rows = await admin_fetch(
+        infra,
+        "SELECT proname FROM pg_proc WHERE proleakproof AND proname = ANY($1::text[])",
+        ["ts_match_vq", "arraycontains", "jsonb_contains"],
+    )
+    assert sorted(row["proname"] for row in rows) == ["arraycontains", "jsonb_contains", "ts_match_vq"]

@@ -12,6 +12,8 @@ finds it inside longer words. The GIN index leads with tenant_id (btree_gin), so
 touches one tenant's postings.
 """
 
+import warnings
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
@@ -44,7 +46,35 @@ def _backfill(table: str) -> None:
         )
 
 
+# Under row-level security PostgreSQL evaluates a condition before the tenant policy only if
+# its function is LEAKPROOF; these are not by default, so search (@@), tag (@> on arrays) and
+# custom-field (@> on jsonb) conditions could not use their GIN indexes and walked the whole
+# tenant instead (8.8 s instead of 27 ms for a search at 1M tickets). They return a boolean of
+# their arguments and raise no value-dependent errors, which is what LEAKPROOF promises. Only a
+# superuser may mark them; otherwise the migration says what to ask the DBA for.
+LEAKPROOF_FUNCTIONS = [
+    "pg_catalog.ts_match_vq(tsvector, tsquery)",
+    "pg_catalog.arraycontains(anyarray, anyarray)",
+    "pg_catalog.jsonb_contains(jsonb, jsonb)",
+]
+
+
+def _mark_leakproof() -> None:
+    bind = op.get_bind()
+    if bind.execute(sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar():
+        for function in LEAKPROOF_FUNCTIONS:
+            op.execute(f"ALTER FUNCTION {function} LEAKPROOF")
+        return
+    statements = "; ".join(f"ALTER FUNCTION {function} LEAKPROOF" for function in LEAKPROOF_FUNCTIONS)
+    warnings.warn(
+        "tickets search and tag/custom-field filters cannot use their indexes under row-level "
+        f"security until a superuser runs: {statements}",
+        stacklevel=1,
+    )
+
+
 def upgrade() -> None:
+    _mark_leakproof()
     op.execute("CREATE EXTENSION IF NOT EXISTS btree_gin WITH SCHEMA public")
     for table, vector in VECTORS.items():
         op.add_column(
