@@ -280,5 +280,6 @@ async def test_statements_per_list_request_do_not_grow_with_page_size(
             counts[limit] = statements
     assert counts[1], "no statement was counted: the counting hooks are broken"
     assert len(counts[200]) == len(counts[1]), counts
-    # BEGIN, the tenant scope, the page, COMMIT: anything more per request is worth a look.
-    assert len(counts[1]) <= 4, counts[1]
+    # BEGIN, the tenant scope, the page, COMMIT (+ custom plans for a search): anything more per
+    # request is worth a look.
+    assert len(counts[1]) <= (5 if "&q=" in query else 4), counts[1]
