@@ -309,6 +309,21 @@ async def _apply_changes(
     return updated
 
 
+def _history_entry(
+    identity: Identity, ticket_id: str, field: str, old: Any, new: Any, now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "tenant_id": identity.tenant,
+        "ticket_id": UUID(ticket_id),
+        "actor_id": identity.user_id,
+        "field": field,
+        "old_value": _json_value(old),
+        "new_value": _json_value(new),
+        "created_at": now,
+    }
+
+
 async def _announce_changes(
     session: AsyncSession,
     identity: Identity,
@@ -325,19 +340,7 @@ async def _announce_changes(
     }
     await repository.insert_history(
         session,
-        [
-            {
-                "id": new_id(),
-                "tenant_id": tenant,
-                "ticket_id": UUID(ticket_id),
-                "actor_id": identity.user_id,
-                "field": field,
-                "old_value": change.old,
-                "new_value": change.new,
-                "created_at": now,
-            }
-            for field, change in tracked.items()
-        ],
+        [_history_entry(identity, ticket_id, field, c.old, c.new, now) for field, c in tracked.items()],
     )
     if not tracked:
         return
@@ -579,16 +582,7 @@ async def merge_ticket(
     )
     await repository.update_ticket(session, identity.tenant, target["id"], {"updated_at": now})
     history = [
-        {
-            "id": new_id(),
-            "tenant_id": identity.tenant,
-            "ticket_id": UUID(source["id"]),
-            "actor_id": identity.user_id,
-            "field": field,
-            "old_value": _json_value(source[field]),
-            "new_value": _json_value(merged[field]),
-            "created_at": now,
-        }
+        _history_entry(identity, source["id"], field, source[field], merged[field], now)
         for field in changes
         if field in TRACKED_FIELDS and _json_value(source[field]) != _json_value(merged[field])
     ]
@@ -619,19 +613,7 @@ async def delete_ticket(session: AsyncSession, identity: Identity, ticket_id: UU
         session, identity.tenant, ticket["id"], {"deleted_at": now, "updated_at": now}
     )
     await repository.insert_history(
-        session,
-        [
-            {
-                "id": new_id(),
-                "tenant_id": identity.tenant,
-                "ticket_id": UUID(ticket["id"]),
-                "actor_id": identity.user_id,
-                "field": "deleted_at",
-                "old_value": None,
-                "new_value": now.isoformat(),
-                "created_at": now,
-            }
-        ],
+        session, [_history_entry(identity, ticket["id"], "deleted_at", None, now, now)]
     )
     await _record(
         session,
@@ -659,19 +641,7 @@ async def restore_ticket(session: AsyncSession, identity: Identity, ticket_id: U
         session, identity.tenant, ticket["id"], {"deleted_at": None, "updated_at": now}
     )
     await repository.insert_history(
-        session,
-        [
-            {
-                "id": new_id(),
-                "tenant_id": identity.tenant,
-                "ticket_id": UUID(ticket["id"]),
-                "actor_id": identity.user_id,
-                "field": "deleted_at",
-                "old_value": _json_value(ticket["deleted_at"]),
-                "new_value": None,
-                "created_at": now,
-            }
-        ],
+        session, [_history_entry(identity, ticket["id"], "deleted_at", ticket["deleted_at"], None, now)]
     )
     await _record(
         session,
