@@ -127,6 +127,11 @@ tickets = Table(
     Index("ix_tickets_tenant_id_group_id_created_at_id", *_newest_first("tenant_id", "group_id")),
     Index("ix_tickets_tenant_id_building_floor_room", "tenant_id", "building", "floor", "room"),
     Index("ix_tickets_tenant_id_parent_id", "tenant_id", "parent_id"),
+    Index(
+        "ix_tickets_tenant_id_deleted_created_at_id",
+        *_newest_first("tenant_id"),
+        postgresql_where=text("deleted_at IS NOT NULL"),
+    ),
     Index("ix_tickets_tags", "tags", postgresql_using="gin"),
     Index(
         "ix_tickets_custom_fields",
