@@ -357,11 +357,6 @@ _CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 _GET_TICKET = select(*TICKET_COLUMNS).where(
     tickets.c.tenant_id == bindparam("tenant_id"), tickets.c.id == bindparam("ticket_id")
 )
-_GET_TICKET_FOR_UPDATE = (
-    select(*TICKET_COLUMNS, tickets.c.tenant_id)
-    .where(tickets.c.tenant_id == bindparam("tenant_id"), tickets.c.id == bindparam("ticket_id"))
-    .with_for_update()
-)
 
 
 async def get_ticket(session: AsyncSession, tenant_id: str, ticket_id: UUID | str) -> dict[str, Any] | None:

@@ -109,7 +109,10 @@ class TicketCreate(_Request):
     priority: Priority = Priority.medium
     category: Key | None = None
     type: Key | None = None
-    source: Source = "portal"
+    source: Source = Field(
+        default="portal",
+        description=f"One of {', '.join(KNOWN_SOURCES)}, or another lowercase code (kept as given)",
+    )
     location: ShortText | None = Field(
         default=None, description="Free-text location, e.g. 'lobby by the east door'"
     )

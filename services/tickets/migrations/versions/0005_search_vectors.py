@@ -47,14 +47,14 @@ def _backfill(table: str) -> None:
 
 
 # Under row-level security PostgreSQL evaluates a condition before the tenant policy only if
-# its function is LEAKPROOF; these are not by default, so search (@@), tag (@> on arrays) and
-# custom-field (@> on jsonb) conditions could not use their GIN indexes and walked the whole
-# tenant instead (8.8 s instead of 27 ms for a search at 1M tickets). They return a boolean of
+# its function is LEAKPROOF; these are not by default, so search (@@) and custom-field (@> on
+# jsonb) conditions could not use their GIN indexes and walked the whole tenant instead (8.8 s instead of 27 ms for a search at 1M tickets). They return a boolean of
 # their arguments and raise no value-dependent errors, which is what LEAKPROOF promises. Only a
 # superuser may mark them; otherwise the migration says what to ask the DBA for.
+# Array `@>` (tags) is left as it is: measured at 1M tickets, the planner then read common tags
+# through the GIN index and sorted (tag=leak p99 550 ms) where walking the newest rows was faster.
 LEAKPROOF_FUNCTIONS = [
     "pg_catalog.ts_match_vq(tsvector, tsquery)",
-    "pg_catalog.arraycontains(anyarray, anyarray)",
     "pg_catalog.jsonb_contains(jsonb, jsonb)",
 ]
 
