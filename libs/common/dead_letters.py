@@ -12,8 +12,14 @@ from sqlalchemy import Table, select
 
 from libs.common.auth import Identity, require_roles
 from libs.common.db import SessionDep
-from libs.common.errors import ProblemError
-from libs.common.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from libs.common.pagination import (
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    malformed_cursor,
+)
 
 
 class DeadLetterRead(BaseModel):
@@ -45,7 +51,7 @@ def dead_letters_router(public_prefix: str, table: Table) -> APIRouter:
             (last_id,) = decode_cursor(cursor, 1)
             # bool is an int to Python; ids are positive bigints, anything else fails in the driver.
             if not isinstance(last_id, int) or isinstance(last_id, bool) or not 0 < last_id < 2**63:
-                raise ProblemError(400, "Bad Request", "malformed cursor")
+                raise malformed_cursor()
             query = query.where(table.c.id < last_id)
         rows = (await session.execute(query.limit(limit + 1))).mappings().all()
         items = [dict(r) for r in rows[:limit]]

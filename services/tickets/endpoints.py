@@ -14,7 +14,19 @@ from libs.common.auth import IdentityDep, require_roles
 from libs.common.db import TenantSessionDep
 from libs.common.errors import ProblemError
 from libs.common.idempotency import IdempotencyKeyHeader, claim_key, request_fingerprint, store_response
-from libs.common.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from libs.common.pagination import (
+    CURSOR_ERRORS,
+    CursorQuery,
+    LimitQuery,
+    Page,
+    cursor_id,
+    cursor_time,
+    decode_cursor,
+    decode_time_cursor,
+    encode_cursor,
+    malformed_cursor,
+    time_page,
+)
 from libs.common.responses import FastJSONResponse, jsonable
 from services.tickets import repository, search, service
 from services.tickets.models import idempotency_keys
@@ -224,38 +236,6 @@ async def merge_ticket(
     return _ticket_response(await service.merge_ticket(session, identity, ticket_id, data.into_ticket_id))
 
 
-def _cursor_time(raw: Any) -> datetime:
-    # In UTC here: a far-off offset (9999-12-31T23:59-14:00) must fail now, not in the driver.
-    value = datetime.fromisoformat(raw)
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-
-
-def _cursor_id(raw: Any) -> UUID:
-    if not isinstance(raw, str):
-        raise TypeError("cursor id is not a string")
-    return UUID(raw)
-
-
-# What a cursor's values may raise when a client made them up.
-CURSOR_ERRORS = (TypeError, ValueError, OverflowError)
-
-
-def _parse_time_cursor(cursor: str) -> tuple[datetime, UUID]:
-    created_at, item_id = decode_cursor(cursor, 2)
-    try:
-        return _cursor_time(created_at), _cursor_id(item_id)
-    except CURSOR_ERRORS:
-        raise ProblemError(400, "Bad Request", "malformed cursor") from None
-
-
-def _time_page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor([rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])])
-    return {"items": rows, "next_cursor": next_cursor}
-
-
 @router.get("/{ticket_id}/comments", response_model=Page[CommentRead])
 async def list_comments(
     ticket_id: UUID,
@@ -265,9 +245,9 @@ async def list_comments(
     cursor: CursorQuery = None,
 ) -> FastJSONResponse:
     """Comments oldest first; requesters see public replies only, never internal notes."""
-    after = _parse_time_cursor(cursor) if cursor else None
+    after = decode_time_cursor(cursor) if cursor else None
     rows = await service.list_comments(session, identity, ticket_id, limit=limit, after=after)
-    return FastJSONResponse(_time_page(rows, limit))
+    return FastJSONResponse(time_page(rows, limit))
 
 
 @router.post("/{ticket_id}/comments", status_code=201, response_model=CommentRead)
@@ -288,9 +268,9 @@ async def list_history(
     cursor: CursorQuery = None,
 ) -> FastJSONResponse:
     """Who changed which field from what to what, and when (agents and admins)."""
-    after = _parse_time_cursor(cursor) if cursor else None
+    after = decode_time_cursor(cursor) if cursor else None
     rows = await service.list_history(session, identity, ticket_id, limit=limit, after=after)
-    return FastJSONResponse(_time_page(rows, limit))
+    return FastJSONResponse(time_page(rows, limit))
 
 
 # -- list and search ---------------------------------------------------------------------------
@@ -351,7 +331,7 @@ def _decode_list_cursor(cursor: str, sort: repository.Sort) -> list[Any]:
         parsed: list[Any] = []
         for name, raw in zip(value_names, values[2:-1], strict=True):
             if name in ("created_at", "updated_at", "due_sort"):
-                parsed.append(_cursor_time(raw) if raw != "infinity" else datetime.max.replace(tzinfo=UTC))
+                parsed.append(cursor_time(raw) if raw != "infinity" else datetime.max.replace(tzinfo=UTC))
             elif name == "priority_rank":
                 rank = int(raw)
                 if not 0 <= rank <= 32767:  # a smallint column
@@ -359,11 +339,9 @@ def _decode_list_cursor(cursor: str, sort: repository.Sort) -> list[Any]:
                 parsed.append(rank)
             else:
                 parsed.append(float(raw))
-        parsed.append(_cursor_id(values[-1]))
+        parsed.append(cursor_id(values[-1]))
     except CURSOR_ERRORS:
-        raise ProblemError(
-            400, "Bad Request", "malformed cursor", type_="https://helpdesk.dev/problems/cursor"
-        ) from None
+        raise malformed_cursor() from None
     return parsed
 
 

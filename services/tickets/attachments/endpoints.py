@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated
 from urllib.parse import quote
 from uuid import UUID
@@ -19,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from libs.common.auth import IdentityDep
 from libs.common.db import TenantSessionDep
 from libs.common.errors import ProblemError
-from libs.common.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from libs.common.pagination import CursorQuery, LimitQuery, Page, decode_time_cursor, time_page
 from libs.common.responses import FastJSONResponse
 from services.tickets.attachments import service
 from services.tickets.attachments.blobstore import BlobStore, create_blob_store
@@ -141,14 +140,6 @@ async def upload_attachment(
     )
 
 
-def _parse_cursor(cursor: str) -> tuple[datetime, UUID]:
-    created_at, attachment_id = decode_cursor(cursor, 2)
-    try:
-        return datetime.fromisoformat(created_at), UUID(attachment_id)
-    except (TypeError, ValueError):
-        raise ProblemError(400, "Bad Request", "malformed cursor") from None
-
-
 @router.get("/{ticket_id}/attachments", response_model=Page[AttachmentRead])
 async def list_attachments(
     ticket_id: UUID,
@@ -158,13 +149,9 @@ async def list_attachments(
     cursor: CursorQuery = None,
 ) -> FastJSONResponse:
     """The ticket's attachments in upload order, cursor-paginated."""
-    after = _parse_cursor(cursor) if cursor else None
+    after = decode_time_cursor(cursor) if cursor else None
     rows = await service.list_attachments(session, identity, ticket_id, limit=limit, after=after)
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor([rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])])
-    return FastJSONResponse({"items": rows, "next_cursor": next_cursor})
+    return FastJSONResponse(time_page(rows, limit))
 
 
 @router.get("/{ticket_id}/attachments/{attachment_id}", response_model=AttachmentRead)

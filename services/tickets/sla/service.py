@@ -60,11 +60,23 @@ def business_calendar(
         return None
 
 
+_POLICY_CACHE = "sla_policy_and_calendar"
+
+
+def _forget_policies(session: AsyncSession) -> None:
+    session.info.pop(_POLICY_CACHE, None)
+
+
 async def _policy_and_calendar(
     session: AsyncSession, tenant_id: str, priority: str
 ) -> tuple[dict[str, Any] | None, BusinessCalendar | None]:
-    policy, settings = await repository.get_policy_and_calendar(session, tenant_id, priority)
-    return policy, business_calendar(policy, settings)
+    # Kept for the transaction: a bulk update of 500 tickets reads each priority's policy once.
+    cache = session.info.setdefault(_POLICY_CACHE, {})
+    key = (tenant_id, priority)
+    if key not in cache:
+        policy, settings = await repository.get_policy_and_calendar(session, tenant_id, priority)
+        cache[key] = (policy, business_calendar(policy, settings))
+    return cache[key]
 
 
 def _deadline(start: datetime, minutes: float, calendar: BusinessCalendar | None) -> datetime | None:
@@ -195,10 +207,12 @@ async def put_policy(
     session: AsyncSession, tenant_id: str, priority: str, data: SlaPolicyWrite
 ) -> dict[str, Any]:
     """Create or replace the policy of one priority (applies to tickets created or re-prioritised later)."""
+    _forget_policies(session)
     return await repository.upsert_policy(session, tenant_id, priority, data.model_dump())
 
 
 async def delete_policy(session: AsyncSession, tenant_id: str, priority: str) -> None:
+    _forget_policies(session)
     if not await repository.delete_policy(session, tenant_id, priority):
         raise ProblemError(404, "Not Found", f"no SLA policy for priority {priority!r}")
 
@@ -208,6 +222,7 @@ async def get_calendar(session: AsyncSession, tenant_id: str) -> dict[str, Any]:
 
 
 async def put_calendar(session: AsyncSession, tenant_id: str, data: CalendarWrite) -> dict[str, Any]:
+    _forget_policies(session)
     return await repository.upsert_calendar(
         session, tenant_id, data.time_zone, data.business_hours, data.holidays
     )
