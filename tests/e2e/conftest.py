@@ -63,7 +63,10 @@ def start_helpdesk_up(infra, home: Path, ports: dict[str, int], *args: str) -> s
     )
 
 
-@pytest.fixture(scope="session")
+# Module scope: the stack's tickets/analytics/... processes consume the same durables as the
+# in-process apps of later modules; left running, they would take those modules' events with
+# production back-off (this made the summary dead-letter test time out on CI).
+@pytest.fixture(scope="module")
 def running_stack(infra) -> Iterator[RunningStack]:
     home = infra.workdir / "e2e-home"
     ports = {spec.name: free_port() for spec in STACK}
