@@ -108,6 +108,8 @@ tickets = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("version", Integer, nullable=False, server_default=text("1")),
+    # The list query derives a created_at bound from `updated_to` (migration 0006).
+    CheckConstraint("updated_at >= created_at", name="updated_at_not_before_created_at"),
     Index("uq_tickets_tenant_id_number", "tenant_id", "number", unique=True),
     Index("ix_tickets_tenant_id_created_at_id", *_newest_first("tenant_id")),
     Index("ix_tickets_tenant_id_requester_id_created_at_id", *_newest_first("tenant_id", "requester_id")),
@@ -131,6 +133,11 @@ tickets = Table(
         "ix_tickets_tenant_id_deleted_created_at_id",
         *_newest_first("tenant_id"),
         postgresql_where=text("deleted_at IS NOT NULL"),
+    ),
+    Index(
+        "ix_tickets_tenant_id_unassigned_created_at_id",
+        *_newest_first("tenant_id"),
+        postgresql_where=text("assignee_id IS NULL"),
     ),
     Index("ix_tickets_tags", "tags", postgresql_using="gin"),
     Index(

@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from services.tickets.app import create_app
@@ -250,3 +251,50 @@ async def test_requesters_list_only_their_own(tickets, infra, dataset):
 async def test_other_tenants_see_none_of_it(tickets, infra, dataset):
     other = auth_headers(infra, unique_tenant(), ["admin"], "agent-1")
     assert await list_all(tickets, other, {}) == []
+
+
+async def test_time_ranges_on_tickets_created_and_updated_at_different_times(tickets, infra):
+    """`updated_to` also bounds created_at in SQL, `created_from` updated_at: the results must not change."""
+    tenant = unique_tenant()
+    agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+    now = datetime.now(UTC)
+    days = [  # (created, updated) days ago
+        ("old, touched yesterday", 10, 1),
+        ("old, untouched", 10, 9),
+        ("recent", 2, 2),
+        ("recent, touched today", 3, 0),
+    ]
+    ids = {}
+    for subject, created, updated in days:
+        ticket = await create_ticket(tickets, agent, subject=subject)
+        ids[subject] = ticket["id"]
+        await admin_fetch(
+            infra,
+            "UPDATE tickets.tickets SET created_at = $1, updated_at = $2 WHERE id = $3::uuid",
+            now - timedelta(days=created),
+            now - timedelta(days=updated),
+            ticket["id"],
+        )
+    five_days_ago = (now - timedelta(days=5)).isoformat()
+
+    async def listed(params):
+        return {subject for subject, id_ in ids.items() if id_ in await list_all(tickets, agent, params)}
+
+    assert await listed({"updated_to": five_days_ago}) == {"old, untouched"}
+    assert await listed({"created_from": five_days_ago}) == {"recent", "recent, touched today"}
+    assert await listed({"updated_from": five_days_ago}) == {
+        "old, touched yesterday",
+        "recent",
+        "recent, touched today",
+    }
+    assert await listed({"created_to": five_days_ago, "sort": "updated_at"}) == {
+        "old, touched yesterday",
+        "old, untouched",
+    }
+    # The database keeps the pair consistent, so the derived bounds never hide a ticket.
+    with pytest.raises(asyncpg.CheckViolationError):
+        await admin_fetch(
+            infra,
+            "UPDATE tickets.tickets SET updated_at = created_at - interval '1 second' WHERE id = $1::uuid",
+            ids["recent"],
+        )

@@ -185,10 +185,13 @@ def test_search_terms_are_hangul_bigrams_and_digit_runs():
     assert search_terms_of("물 샘") == ""  # one-syllable words are found as words, not bigrams
 
 
-def test_query_terms_become_prefixes_and_korean_phrases():
+def test_query_terms_become_words_a_last_prefix_and_korean_phrases():
     from services.tickets.search import tsquery_text
 
-    assert tsquery_text("Elev 누수 Wi-Fi") == "('elev':*) & ('누수':* | '누수') & ('wi') & ('fi')"
+    assert tsquery_text("Elev 누수 Wi-Fi") == "('elev') & ('누수') & ('wi') & ('fi')"
+    assert tsquery_text("VPN disconn") == "('vpn') & ('disconn':*)"
+    assert tsquery_text("printer") == "('printer':*)"
+    assert tsquery_text("엘리베이터 소음") == "('엘리' <-> '리베' <-> '베이' <-> '이터') & ('소음')"
     assert tsquery_text("엘리베이터") == "('엘리베이터':* | '엘리' <-> '리베' <-> '베이' <-> '이터')"
     assert tsquery_text("%_'") is None
 
@@ -198,6 +201,9 @@ async def test_korean_terms_match_inside_longer_words_and_english_prefixes(ticke
     assert names(await search(tickets, agent, "리베이"), made) == {"elevator_ko"}  # middle of 엘리베이터가
     assert names(await search(tickets, agent, "터가"), made) == {"elevator_ko"}
     assert names(await search(tickets, agent, "elev"), made) == {"elevator_en"}
+    # Earlier words are whole words, the last one may be partial (search as you type).
+    assert names(await search(tickets, agent, "elevator stu"), made) == {"elevator_en"}
+    assert await search(tickets, agent, "elev stuck") == []
     assert names(await search(tickets, agent, "엘리베이터 문이"), made) == {"elevator_ko"}  # all terms
     assert await search(tickets, agent, "엘리베이터 printer") == []
 

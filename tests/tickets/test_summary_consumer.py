@@ -44,8 +44,9 @@ class Harness:
         async with self.admin.begin() as conn:
             await conn.execute(
                 text(
-                    "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id, updated_at)"
-                    " VALUES (:id, :tenant, :number, '엘리베이터 3층 정지', 'r1', :updated_at)"
+                    "INSERT INTO tickets.tickets"
+                    " (id, tenant_id, number, subject, requester_id, created_at, updated_at)"
+                    " VALUES (:id, :tenant, :number, '엘리베이터 3층 정지', 'r1', :updated_at, :updated_at)"
                 ),
                 {"id": ticket_id, "tenant": tenant, "number": number, "updated_at": T0},
             )
