@@ -385,7 +385,10 @@ async def list_tickets(
         Query(
             min_length=1,
             max_length=search.MAX_QUERY_LENGTH,
-            description="Search subject, description and comments",
+            description=(
+                "Search subject, description and comments: every term must match; words whole, the"
+                " last one also as a prefix; Korean terms anywhere inside words"
+            ),
         ),
     ] = None,
     sort: Literal["created_at", "updated_at", "priority", "due_at", "relevance"] | None = None,
