@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -129,23 +128,26 @@ async def fetch_all(session: AsyncSession, statement: Executable, **params: Any)
     Only for columns that need no result processing (plain PostgreSQL types).
     """
     conn = await session.connection()
+    raw = (await conn.get_raw_connection()).driver_connection
     entry = _COMPILED.get(statement)
     if entry is None:
         compiled = statement.compile(dialect=conn.dialect)
         if "POSTCOMPILE" in compiled.string:
             raise ValueError("fetch_all does not expand IN lists; compare with any_(array) instead")
-        entry = (compiled.string, compiled.positiontup or [], compiled.binds)
+        # Which result columns are UUIDs, from the statement's description (asked once).
+        attributes = (await raw.prepare(compiled.string)).get_attributes()
+        uuid_columns = [index for index, attribute in enumerate(attributes) if attribute.type.name == "uuid"]
+        entry = (compiled.string, compiled.positiontup or [], compiled.binds, uuid_columns)
         _COMPILED[statement] = entry
-    sql, positions, binds = entry
+    sql, positions, binds, uuid_columns = entry
     arguments = [params[name] if name in params else binds[name].value for name in positions]
-    raw = (await conn.get_raw_connection()).driver_connection
     records = await raw.fetch(sql, *arguments)
     if not records:
         return []
     keys = list(records[0].keys())
     rows = [dict(zip(keys, record, strict=True)) for record in records]
     # asyncpg's UUID subclass takes JSON encoders' slow path (~3 µs each); ids leave as str.
-    uuid_keys = {key for row in rows for key, value in row.items() if isinstance(value, uuid.UUID)}
+    uuid_keys = [keys[index] for index in uuid_columns]
     for row in rows:
         for key in uuid_keys:
             if row[key] is not None:

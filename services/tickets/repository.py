@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import Integer, Text
+from sqlalchemy.types import Text
 
 from libs.common.db import fetch_all, rows_as_dicts
 from libs.common.events import CloudEvent
@@ -65,7 +65,7 @@ def client_view(row: dict[str, Any]) -> dict[str, Any]:
 
 # -- numbers -----------------------------------------------------------------------------------
 
-_NEXT_TICKET_NUMBER = func.tickets.next_ticket_number(bindparam("tenant_id"), type_=Integer)
+_NEXT_TICKET_NUMBER_SQL = "SELECT tickets.next_ticket_number($1)"
 
 
 async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
@@ -78,8 +78,10 @@ async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
     (row-level security) for that one statement.
     """
     async with session.bind.connect() as conn:
-        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        return await autocommit.scalar(select(_NEXT_TICKET_NUMBER), {"tenant_id": tenant_id})
+        # Straight to the driver: outside a transaction block asyncpg runs it as its own
+        # (autocommit) transaction, and SQLAlchemy has begun nothing on this connection.
+        raw = (await conn.get_raw_connection()).driver_connection
+        return await raw.fetchval(_NEXT_TICKET_NUMBER_SQL, tenant_id)
 
 
 # -- create ------------------------------------------------------------------------------------

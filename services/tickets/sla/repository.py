@@ -8,11 +8,11 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, and_, delete, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.common.db import rows_as_dicts
+from libs.common.db import fetch_all, rows_as_dicts
 from services.tickets.models import sla_policies, tenant_settings, tenants, tickets
 
 POLICY_COLUMNS = [
@@ -41,21 +41,20 @@ async def get_policy(session: AsyncSession, tenant: str, priority: str) -> dict[
     return rows[0] if rows else None
 
 
+# Every ticket create and priority change reads this: built once, run as a prepared statement.
+_POLICY_AND_CALENDAR = (
+    select(*POLICY_COLUMNS, tenant_settings.c.tenant_id.label("calendar_tenant"), *CALENDAR_COLUMNS)
+    .select_from(sla_policies)
+    .outerjoin(tenant_settings, tenant_settings.c.tenant_id == sla_policies.c.tenant_id)
+    .where(sla_policies.c.tenant_id == bindparam("tenant"), sla_policies.c.priority == bindparam("priority"))
+)
+
+
 async def get_policy_and_calendar(
     session: AsyncSession, tenant: str, priority: str
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The priority's policy and the tenant's calendar in one round trip (ticket writes call this)."""
-    result = await session.execute(
-        select(
-            *POLICY_COLUMNS,
-            tenant_settings.c.tenant_id.label("calendar_tenant"),
-            *CALENDAR_COLUMNS,
-        )
-        .select_from(sla_policies)
-        .outerjoin(tenant_settings, tenant_settings.c.tenant_id == sla_policies.c.tenant_id)
-        .where(sla_policies.c.tenant_id == tenant, sla_policies.c.priority == priority)
-    )
-    rows = rows_as_dicts(result)
+    rows = await fetch_all(session, _POLICY_AND_CALENDAR, tenant=tenant, priority=priority)
     if not rows:
         return None, None
     row = rows[0]
