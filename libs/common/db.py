@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.sql.base import Executable
 
-from libs.common.auth import IdentityDep
+from libs.common.auth import TENANT_PATTERN, IdentityDep
 from libs.common.settings import CommonSettings
 
 NAMING_CONVENTION = {
@@ -85,6 +85,13 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
+
+def engine_of(session: AsyncSession) -> AsyncEngine:
+    """The engine behind a session, whether it is bound to the engine or to one connection."""
+    bind = session.bind
+    return bind if isinstance(bind, AsyncEngine) else bind.engine
+
+
 # The PostgreSQL setting row-level security policies compare `tenant_id` with.
 TENANT_SETTING = "app.tenant_id"
 _SET_TENANT_SQL = f"SELECT set_config('{TENANT_SETTING}', $1, true)"
@@ -103,11 +110,33 @@ async def set_tenant(session: AsyncSession, tenant: str) -> None:
 
 
 async def get_tenant_session(request: Request, identity: IdentityDep) -> AsyncIterator[AsyncSession]:
-    """Like `get_session`, scoped to the verified identity's tenant (row-level security)."""
+    """Like `get_session`, scoped to the verified identity's tenant (row-level security).
+
+    Every tenant request goes through here, so its transaction is driven at the driver level:
+    one round trip opens it already scoped (`BEGIN; SELECT set_config(...)`) and COMMIT or
+    ROLLBACK go straight to asyncpg, while SQLAlchemy, on an AUTOCOMMIT connection, issues no
+    transaction statements of its own. Against BEGIN, scope and COMMIT through the session that
+    is one round trip less and about a quarter of the CPU of a ticket read.
+    """
+    if not TENANT_PATTERN.match(identity.tenant):  # verified already; it is spliced into SQL below
+        raise ValueError("invalid tenant")
+    engine: AsyncEngine = request.app.state.engine
     factory: async_sessionmaker[AsyncSession] = request.app.state.session_factory
-    async with factory() as session, session.begin():
-        await set_tenant(session, identity.tenant)
-        yield session
+    async with engine.connect() as pooled:
+        conn = await pooled.execution_options(isolation_level="AUTOCOMMIT")
+        raw = (await conn.get_raw_connection()).driver_connection
+        try:
+            await raw.execute(f"BEGIN; SELECT set_config('{TENANT_SETTING}', '{identity.tenant}', true)")
+            async with factory(bind=conn) as session:
+                yield session
+                await raw.execute("COMMIT")
+        finally:
+            if raw.is_in_transaction():  # an error, or cancelled: nothing of it may stay
+                try:
+                    await raw.execute("ROLLBACK")
+                except BaseException:
+                    await conn.invalidate()  # never hand a connection in a transaction back
+                    raise
 
 
 TenantSessionDep = Annotated[AsyncSession, Depends(get_tenant_session, scope="function")]

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
-from libs.common.db import fetch_all, rows_as_dicts
+from libs.common.db import engine_of, fetch_all, rows_as_dicts
 from libs.common.events import CloudEvent
 from libs.common.outbox import outbox_row_cte, outbox_row_params
 from services.tickets import search
@@ -77,7 +77,7 @@ async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
     gap; numbers stay unique and increasing. The SQL function scopes itself to the tenant
     (row-level security) for that one statement.
     """
-    async with session.bind.connect() as conn:
+    async with engine_of(session).connect() as conn:
         # Straight to the driver: outside a transaction block asyncpg runs it as its own
         # (autocommit) transaction, and SQLAlchemy has begun nothing on this connection.
         raw = (await conn.get_raw_connection()).driver_connection

@@ -353,8 +353,38 @@ async def test_the_apps_pooled_connections_carry_no_tenant_after_requests(two_te
         async with contextlib.AsyncExitStack() as stack:
             for _ in range(idle):
                 conn = await stack.enter_async_context(engine.connect())
+                raw = (await conn.get_raw_connection()).driver_connection
+                # Requests drive their transaction at the driver level on an AUTOCOMMIT
+                # connection: each comes back outside a transaction, in SQLAlchemy's own mode.
+                assert not raw.is_in_transaction()
+                assert await conn.get_isolation_level() == "READ COMMITTED"
                 assert (await conn.execute(text("SELECT count(*) FROM tickets.tickets"))).scalar_one() == 0
+                assert raw.is_in_transaction(), "SQLAlchemy began no transaction: still autocommit"
                 assert (await conn.execute(text("SELECT count(*) FROM tickets.comments"))).scalar_one() == 0
+
+
+async def test_a_failed_request_leaves_nothing_behind(two_tenants, infra):
+    """The request transaction is rolled back when the endpoint fails after it has written."""
+    # Two connections: a create takes its ticket number on a second one.
+    app = create_app(settings_for(infra, Settings, "tickets", db_pool_size=2, db_max_overflow=0))
+    async with app_client(app) as client:
+        headers = auth_headers(infra, two_tenants.a, ["agent"])
+        first = await create_ticket(client, headers, subject="stays open")
+        closed = await create_ticket(client, headers, subject="closed for good")
+        assert (await patch_ticket(client, headers, closed, status="closed")).status_code == 200
+        history = "SELECT count(*) FROM tickets.ticket_history WHERE ticket_id = $1::uuid"
+        before = await admin_fetch(infra, history, first["id"])
+        # All or nothing: the first ticket is updated, then the closed one refuses (409).
+        failed = await client.post(
+            f"{TICKETS}/bulk", json={"ids": [first["id"], closed["id"]], "status": "pending"}, headers=headers
+        )
+        assert failed.status_code == 409, failed.text
+        after = (await client.get(f"{TICKETS}/{first['id']}", headers=headers)).json()
+        assert (after["status"], after["version"]) == ("open", first["version"])
+        assert await admin_fetch(infra, history, first["id"]) == before
+        # The pool's connections are clean and serve the next requests.
+        for _ in range(3):
+            assert (await client.get(f"{TICKETS}/{first['id']}", headers=headers)).status_code == 200
 
 
 async def test_ticket_number_allocation_inside_a_scoped_transaction_keeps_its_scope(
