@@ -131,7 +131,9 @@ async def get_tenant_session(request: Request, identity: IdentityDep) -> AsyncIt
                 yield session
                 await raw.execute("COMMIT")
         finally:
-            if raw.is_in_transaction():  # an error, or cancelled: nothing of it may stay
+            if raw.is_closed():  # lost: errors from the driver bypass SQLAlchemy's detection
+                await conn.invalidate()
+            elif raw.is_in_transaction():  # an error, or cancelled: nothing of it may stay
                 try:
                     await raw.execute("ROLLBACK")
                 except BaseException:

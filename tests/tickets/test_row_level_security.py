@@ -357,7 +357,6 @@ async def test_the_apps_pooled_connections_carry_no_tenant_after_requests(two_te
                 # Requests drive their transaction at the driver level on an AUTOCOMMIT
                 # connection: each comes back outside a transaction, in SQLAlchemy's own mode.
                 assert not raw.is_in_transaction()
-                assert await conn.get_isolation_level() == "READ COMMITTED"
                 assert (await conn.execute(text("SELECT count(*) FROM tickets.tickets"))).scalar_one() == 0
                 assert raw.is_in_transaction(), "SQLAlchemy began no transaction: still autocommit"
                 assert (await conn.execute(text("SELECT count(*) FROM tickets.comments"))).scalar_one() == 0
@@ -416,3 +415,23 @@ async def test_rows_with_an_empty_tenant_id_stay_invisible_after_a_scope_ends(
             )
     finally:
         await admin_fetch(infra, "DELETE FROM tickets.categories WHERE tenant_id = ''")
+
+
+async def test_a_connection_lost_under_a_request_is_not_handed_out_again(two_tenants, infra):
+    """Driver-level errors bypass SQLAlchemy's disconnect handling; the dependency invalidates."""
+    app = create_app(settings_for(infra, Settings, "tickets", db_pool_size=2, db_max_overflow=0))
+    async with app_client(app) as client:
+        headers = auth_headers(infra, two_tenants.a, ["agent"])
+        url = f"{TICKETS}/{two_tenants.a_ticket}"
+        for _ in range(3):
+            assert (await client.get(url, headers=headers)).status_code == 200
+        await admin_fetch(
+            infra,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE usename = $1 AND application_name = 'helpdesk-tickets'",
+            SERVICES["tickets"].role,
+        )
+        statuses = [(await client.get(url, headers=headers)).status_code for _ in range(6)]
+        # Each dead pooled connection fails at most the one request that finds it.
+        assert statuses[-3:] == [200, 200, 200], statuses
+        assert statuses.count(200) >= 4, statuses
