@@ -87,7 +87,8 @@ def outbox_row_cte(outbox: Table) -> CTE:
     """An outbox INSERT as a CTE, to attach (`.add_cte()`) to the statement of the state change.
 
     The change and its event row then travel in one statement: one round trip fewer on hot
-    write paths, same transaction. Fill its parameters with `outbox_row_params()`.
+    write paths, same transaction. Run the statement with `db.fetch_all` and fill the CTE's
+    parameters with `outbox_row_params()`.
     """
     return (
         insert(outbox)
@@ -102,11 +103,12 @@ def outbox_row_cte(outbox: Table) -> CTE:
 
 
 def outbox_row_params(subject: str, event: CloudEvent) -> dict[str, Any]:
+    """Driver-level parameters of `outbox_row_cte` (the payload as JSON text)."""
     return {
         "outbox_event_id": event.id,
         "outbox_subject": subject,
         "outbox_aggregate_id": event.subject,
-        "outbox_payload": event.model_dump(mode="json"),
+        "outbox_payload": event.model_dump_json(),
     }
 
 

@@ -131,11 +131,14 @@ _INSERT_TICKET_WITH_EVENT = (
 async def insert_ticket(
     session: AsyncSession, values: dict[str, Any], event_subject: str, event: CloudEvent
 ) -> dict[str, Any]:
-    """Insert a ticket together with the outbox row of its event."""
+    """Insert a ticket together with the outbox row of its event (a prepared driver-level
+    statement: the hottest write, SQLAlchemy's execution layer was a fifth of its CPU)."""
     params = {f"ticket_{name}": values.get(name) for name in _INSERT_COLUMNS}
+    for name in ("custom_fields",):  # JSONB goes to the driver as JSON text
+        if params[f"ticket_{name}"] is not None:
+            params[f"ticket_{name}"] = json.dumps(params[f"ticket_{name}"], ensure_ascii=False)
     params.update(outbox_row_params(event_subject, event))
-    result = await session.execute(_INSERT_TICKET_WITH_EVENT, params)
-    return _plain(rows_as_dicts(result)[0])
+    return (await fetch_all(session, _INSERT_TICKET_WITH_EVENT, **params))[0]
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
