@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -120,9 +122,42 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     )
 
 
+# The database (or another server the request needs) is gone, restarting, out of connections
+# or too slow: the request may well succeed when retried, so 503 + Retry-After, not a 500.
+_UNAVAILABLE = (
+    ConnectionError,  # refused or reset while connecting to / talking with a server
+    asyncpg.PostgresConnectionError,  # class 08, e.g. the connection does not exist any more
+    asyncpg.exceptions.AdminShutdownError,  # terminated by an administrator, server shutting down
+    asyncpg.exceptions.CannotConnectNowError,  # starting up / in recovery
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout
+    sqlalchemy.exc.TimeoutError,  # no pooled connection free in time
+)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        # SQLAlchemy wraps the driver's error: `orig` is its DBAPI adapter's, caused by asyncpg's.
+        driver_error = exc.orig.__cause__ if exc.orig is not None else None
+        return driver_error is not None and _unavailable(driver_error)
+    if isinstance(exc, asyncpg.InterfaceError):  # the driver's own "connection is closed"
+        return "connection is closed" in str(exc)
+    return isinstance(exc, _UNAVAILABLE)
+
+
 async def _unhandled_error(_: Request, exc: Exception) -> JSONResponse:
     # The stack trace goes to the log, never to the client.
     log.exception("unhandled_error", error_type=type(exc).__name__)
+    if _unavailable(exc):
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "the database or a server this request needs is unavailable or overloaded; retry shortly",
+            type_=PROBLEM_BASE + "unavailable",
+            headers={"Retry-After": "1"},
+        )
     return problem_response(500, "Internal Server Error", "An unexpected error occurred.")
 
 

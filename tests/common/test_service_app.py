@@ -2,9 +2,10 @@
 
 import asyncpg
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from sqlalchemy import text
 
-from libs.common.db import plain_dsn
+from libs.common.db import SessionDep, create_engine, plain_dsn
 from libs.common.service_app import ServiceDefinition, create_service_app
 from libs.common.settings import CommonSettings
 from tests.conftest import app_client, auth_headers, settings_for
@@ -17,13 +18,30 @@ async def boom() -> dict:
     raise RuntimeError("secret internal detail: password=hunter2")
 
 
+@router.get("/slow-query")
+async def slow_query(session: SessionDep) -> dict:
+    await session.execute(text("SELECT pg_sleep(5)"))  # beyond the statement timeout below
+    return {}
+
+
+@router.get("/unreachable-database")
+async def unreachable_database(request: Request) -> dict:
+    nowhere = request.app.state.settings.model_copy(
+        update={"database_url": "postgresql://nobody:x@127.0.0.1:1/none"}
+    )
+    engine = create_engine(nowhere)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+    return {}
+
+
 @pytest.fixture(scope="module")
 async def client(infra):
-    app = create_service_app(
-        ServiceDefinition(
-            name="probe", settings=settings_for(infra, CommonSettings, "analytics"), routers=[router]
-        )
-    )
+    settings = settings_for(infra, CommonSettings, "analytics", db_statement_timeout_ms=200)
+    app = create_service_app(ServiceDefinition(name="probe", settings=settings, routers=[router]))
     async with app_client(app) as client:
         yield client
 
@@ -34,6 +52,15 @@ async def test_unknown_error_is_a_500_problem_without_internals(client):
     assert response.headers["content-type"] == "application/problem+json"
     assert "hunter2" not in response.text and "Traceback" not in response.text
     assert response.json()["title"] == "Internal Server Error"
+
+
+@pytest.mark.parametrize("path", ["/slow-query", "/unreachable-database"])
+async def test_an_unavailable_or_overloaded_database_is_a_503_to_retry(client, path):
+    response = await client.get(path)
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["type"] == "https://helpdesk.dev/problems/unavailable"
+    assert "nobody" not in response.text and "pg_sleep" not in response.text
 
 
 async def test_unknown_route_is_a_404_problem(client):
