@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import unicodedata
@@ -418,3 +419,43 @@ def test_content_type_keeps_only_the_charset_and_guesses_octet_stream():
     )
     assert normalize_content_type("application/octet-stream", "scan.pdf") == (PDF, PDF)
     assert normalize_content_type(None, "noext")[1] == "application/octet-stream"
+
+
+async def test_a_slow_upload_holds_no_database_connection(infra, admin_db, blob_dir):
+    """While a file streams in, the service's one pooled connection stays free for others."""
+    settings = settings_for(
+        infra, Settings, "tickets", blob_local_dir=str(blob_dir), db_pool_size=1, db_max_overflow=0
+    )
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    headers = auth_headers(infra, tenant, ["agent"])
+    streaming, finish = asyncio.Event(), asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield (
+            b'--slow\r\nContent-Disposition: form-data; name="file"; filename="scan.pdf"\r\n'
+            b"Content-Type: application/pdf\r\n\r\n"
+        )
+        yield b"%PDF-1.7 first half "
+        streaming.set()
+        await finish.wait()  # the client is slow: the rest comes later
+        yield b"second half"
+        yield b"\r\n--slow--\r\n"
+
+    async with app_client(create_app(settings)) as client:
+        uploading = asyncio.create_task(
+            client.post(
+                url(ticket_id),
+                content=slow_body(),
+                headers={**headers, "Content-Type": "multipart/form-data; boundary=slow"},
+            )
+        )
+        await asyncio.wait_for(streaming.wait(), 10)
+        # Served while the upload waits for its client (a held connection would block it).
+        other = await asyncio.wait_for(client.get(url(ticket_id), headers=headers), 5)
+        assert other.status_code == 200, other.text
+        finish.set()
+        response = await asyncio.wait_for(uploading, 10)
+    assert response.status_code == 201, response.text
+    rows = await attachment_rows(admin_db, tenant)
+    assert [row["size_bytes"] for row in rows] == [len(b"%PDF-1.7 first half second half")]

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from libs.common.auth import IdentityDep
-from libs.common.db import TenantSessionDep
+from libs.common.db import TenantSessionDep, tenant_transaction
 from libs.common.errors import ProblemError
 from libs.common.pagination import CursorQuery, LimitQuery, Page, decode_time_cursor, time_page
 from libs.common.responses import FastJSONResponse
@@ -102,7 +102,6 @@ _UPLOAD_BODY = {
 async def upload_attachment(
     ticket_id: UUID,
     request: Request,
-    session: TenantSessionDep,
     identity: IdentityDep,
     store: BlobStoreDep,
 ) -> FastJSONResponse:
@@ -124,6 +123,9 @@ async def upload_attachment(
             type_="https://helpdesk.dev/problems/attachment-too-large",
             max_bytes=limits.max_bytes,
         )
+    # Short transactions before and after the body, none while it streams.
+    async with tenant_transaction(request.app, identity.tenant) as session:
+        await service.require_visible_ticket(session, identity, ticket_id)
     form = MultipartStream(_request_body(request), boundary, max_body_bytes=max_body_bytes)
     upload = await form.next_file()
     if upload is None or upload.field_name != "file":
@@ -134,7 +136,9 @@ async def upload_attachment(
             type_="https://helpdesk.dev/problems/validation",
             errors=[{"field": "file", "message": "a file is required", "type": "missing"}],
         )
-    attachment = await service.add_attachment(session, identity, store, limits, ticket_id, upload)
+    attachment = await service.add_attachment(
+        lambda: tenant_transaction(request.app, identity.tenant), identity, store, limits, ticket_id, upload
+    )
     return FastJSONResponse(
         attachment, status_code=201, headers={"Location": _location(ticket_id, attachment["id"])}
     )

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -177,16 +178,24 @@ async def _check_comment(
         )
 
 
+async def require_visible_ticket(session: AsyncSession, identity: Identity, ticket_id: UUID) -> None:
+    """A 404 problem unless the caller may see the ticket."""
+    await _require_visible_ticket(session, identity, ticket_id)
+
+
 async def add_attachment(
-    session: AsyncSession,
+    transaction: Callable[[], AbstractAsyncContextManager[AsyncSession]],
     identity: Identity,
     store: BlobStore,
     limits: AttachmentLimits,
     ticket_id: UUID,
     upload: Upload,
 ) -> dict[str, Any]:
-    """Store the file and its metadata row; on any failure neither stays."""
-    await _require_visible_ticket(session, identity, ticket_id)
+    """Store the file, then its metadata row; on any failure neither stays.
+
+    No database connection is held while the file streams (a slow client would otherwise pin
+    one for minutes): `transaction()` opens a short tenant transaction for the row at the end.
+    """
     filename = sanitize_filename(upload.filename)
     content_type, essence = normalize_content_type(upload.content_type, filename)
     if essence not in limits.allowed_types:
@@ -208,23 +217,26 @@ async def add_attachment(
     try:
         fields = await upload.rest_of_form()
         comment_id = _parse_comment_id(fields.get("comment_id"))
-        if comment_id is not None:
-            await _check_comment(session, identity, ticket_id, comment_id)
-        return await repository.insert_attachment(
-            session,
-            {
-                "id": attachment_id,
-                "tenant_id": identity.tenant,
-                "ticket_id": ticket_id,
-                "comment_id": comment_id,
-                "filename": filename,
-                "content_type": content_type,
-                "size_bytes": stored.size,
-                "sha256": stored.sha256,
-                "storage_key": storage_key,
-                "uploaded_by": identity.user_id,
-            },
-        )
+        async with transaction() as session:  # committed before the blob counts as kept
+            # Again: the ticket may have been deleted while the file streamed.
+            await _require_visible_ticket(session, identity, ticket_id)
+            if comment_id is not None:
+                await _check_comment(session, identity, ticket_id, comment_id)
+            return await repository.insert_attachment(
+                session,
+                {
+                    "id": attachment_id,
+                    "tenant_id": identity.tenant,
+                    "ticket_id": ticket_id,
+                    "comment_id": comment_id,
+                    "filename": filename,
+                    "content_type": content_type,
+                    "size_bytes": stored.size,
+                    "sha256": stored.sha256,
+                    "storage_key": storage_key,
+                    "uploaded_by": identity.user_id,
+                },
+            )
     except BaseException:
         await _delete_quietly(store, storage_key)
         raise
