@@ -7,6 +7,7 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
@@ -133,8 +134,14 @@ async def tenant_transaction(app: Any, tenant: str) -> AsyncIterator[AsyncSessio
             async with factory(bind=conn) as session:
                 yield session
                 await raw.execute("COMMIT")
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError):
+            # The driver lost track of the connection (e.g. the server dropped it): never reuse it.
+            await conn.invalidate()
+            raise
         finally:
-            if raw.is_closed():  # lost: errors from the driver bypass SQLAlchemy's detection
+            if conn.invalidated:
+                pass
+            elif raw.is_closed():  # lost: errors from the driver bypass SQLAlchemy's detection
                 await conn.invalidate()
             elif raw.is_in_transaction():  # an error, or cancelled: nothing of it may stay
                 try:

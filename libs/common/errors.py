@@ -144,6 +144,8 @@ def _unavailable(exc: BaseException) -> bool:
         return driver_error is not None and _unavailable(driver_error)
     if isinstance(exc, asyncpg.InterfaceError):  # the driver's own "connection is closed"
         return "connection is closed" in str(exc)
+    if isinstance(exc, asyncpg.InternalClientError):  # its state after the server dropped it
+        return True
     return isinstance(exc, _UNAVAILABLE)
 
 
