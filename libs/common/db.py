@@ -11,7 +11,13 @@ import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.sql.base import Executable
 
 from libs.common.auth import TENANT_PATTERN, IdentityDep
@@ -139,16 +145,20 @@ async def tenant_transaction(app: Any, tenant: str) -> AsyncIterator[AsyncSessio
             await conn.invalidate()
             raise
         finally:
-            if conn.invalidated:
-                pass
-            elif raw.is_closed():  # lost: errors from the driver bypass SQLAlchemy's detection
-                await conn.invalidate()
-            elif raw.is_in_transaction():  # an error, or cancelled: nothing of it may stay
-                try:
-                    await raw.execute("ROLLBACK")
-                except BaseException:
-                    await conn.invalidate()  # never hand a connection in a transaction back
-                    raise
+            if not conn.invalidated:
+                await _hand_back_clean(conn, raw)
+
+
+async def _hand_back_clean(conn: AsyncConnection, raw: asyncpg.Connection) -> None:
+    """Let a connection return to the pool only outside any transaction."""
+    if raw.is_closed():  # lost: errors from the driver bypass SQLAlchemy's detection
+        await conn.invalidate()
+    elif raw.is_in_transaction():  # an error, or cancelled: nothing of it may stay
+        try:
+            await raw.execute("ROLLBACK")
+        except BaseException:
+            await conn.invalidate()
+            raise
 
 
 async def get_tenant_session(request: Request, identity: IdentityDep) -> AsyncIterator[AsyncSession]:
