@@ -134,9 +134,8 @@ async def insert_ticket(
     """Insert a ticket together with the outbox row of its event (a prepared driver-level
     statement: the hottest write, SQLAlchemy's execution layer was a fifth of its CPU)."""
     params = {f"ticket_{name}": values.get(name) for name in _INSERT_COLUMNS}
-    for name in ("custom_fields",):  # JSONB goes to the driver as JSON text
-        if params[f"ticket_{name}"] is not None:
-            params[f"ticket_{name}"] = json.dumps(params[f"ticket_{name}"], ensure_ascii=False)
+    if params["ticket_custom_fields"] is not None:  # JSONB goes to the driver as JSON text
+        params["ticket_custom_fields"] = json.dumps(params["ticket_custom_fields"], ensure_ascii=False)
     params.update(outbox_row_params(event_subject, event))
     return (await fetch_all(session, _INSERT_TICKET_WITH_EVENT, **params))[0]
 
