@@ -157,9 +157,12 @@ async def _hand_back_clean(conn: AsyncConnection, raw: asyncpg.Connection) -> No
     elif raw.is_in_transaction():  # an error, or cancelled: nothing of it may stay
         try:
             await raw.execute("ROLLBACK")
-        except BaseException:
+        except BaseException as exc:
+            # E.g. cancelled mid-query, the driver refuses: the connection is discarded instead,
+            # and the error (or cancellation) that brought us here goes on.
             await conn.invalidate()
-            raise
+            if not isinstance(exc, Exception):
+                raise
 
 
 async def get_tenant_session(request: Request, identity: IdentityDep) -> AsyncIterator[AsyncSession]:

@@ -7,16 +7,18 @@ table (made through the API, plus a few admin inserts for tables the API does no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
 from sqlalchemy import text
 
-from libs.common.db import create_engine, create_session_factory, plain_dsn, set_tenant
+from libs.common.db import create_engine, create_session_factory, plain_dsn, set_tenant, tenant_transaction
 from libs.common.stack import SERVICES
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
@@ -441,3 +443,33 @@ async def test_a_connection_lost_under_a_request_is_not_handed_out_again(two_ten
             assert failed.status_code == 503, failed.text
             assert failed.headers["retry-after"] == "1"
             assert failed.json()["type"].endswith("/unavailable")
+
+
+async def test_a_cancelled_request_transaction_stays_cancelled_and_leaves_the_pool_clean(two_tenants, infra):
+    settings = settings_for(infra, Settings, "tickets")
+    engine = create_engine(settings, pool_size=1, max_overflow=0)
+    app = SimpleNamespace(
+        state=SimpleNamespace(engine=engine, session_factory=create_session_factory(engine))
+    )
+    started = asyncio.Event()
+
+    async def slow_request() -> None:
+        async with tenant_transaction(app, two_tenants.a) as session:
+            await session.execute(text("UPDATE tickets.tickets SET subject = 'changed'"))
+            started.set()
+            await session.execute(text("SELECT pg_sleep(10)"))
+
+    try:
+        task = asyncio.create_task(slow_request())
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.sleep(0.2)  # inside pg_sleep
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        # The pool's one connection (or its replacement) serves the next transaction, and the
+        # cancelled one's write is gone.
+        async with tenant_transaction(app, two_tenants.a) as session:
+            subjects = (await session.execute(text("SELECT subject FROM tickets.tickets"))).scalars().all()
+        assert subjects and "changed" not in subjects
+    finally:
+        await engine.dispose()
