@@ -7,6 +7,7 @@ from libs.common.service_app import ServiceDefinition, create_service_app
 from services.tickets import models
 from services.tickets.attachments.endpoints import close_blob_store
 from services.tickets.attachments.endpoints import router as attachments_router
+from services.tickets.attachments.sweeper import run_blob_sweeper
 from services.tickets.consumers import subscriptions
 from services.tickets.endpoints import router, settings_router
 from services.tickets.events import EVENTS, STREAM
@@ -34,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             outbox=models.outbox,
             inbox=models.inbox,
             dead_letters=models.dead_letters,
-            background_jobs=[run_sla_scheduler, close_blob_store],
+            background_jobs=[run_sla_scheduler, run_blob_sweeper, close_blob_store],
             subscriptions=subscriptions,
             events=EVENTS,
         )

@@ -45,6 +45,10 @@ class Settings(CommonSettings):
     # Where attachment bytes live: a local directory (one machine) or an S3-compatible bucket.
     blob_store: Literal["local", "s3"] = "local"
     blob_local_dir: str = ".helpdesk/blobs"
+    # Blobs without an attachment row (a process died between storing a file and committing its
+    # row) are deleted once older than the grace period; every worker sweeps this often.
+    blob_sweep_interval_s: float = Field(default=3600.0, gt=0)
+    blob_orphan_grace_s: float = Field(default=86400.0, ge=3600)
     # None means AWS (https://s3.<region>.amazonaws.com); set it for MinIO, Ceph and others.
     s3_endpoint_url: str | None = None
     s3_bucket: str | None = None

@@ -8,18 +8,21 @@ import os
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg
 import pytest
 
-from libs.common.db import plain_dsn
+from libs.common.db import create_engine, create_session_factory, plain_dsn
 from services.tickets.app import create_app
+from services.tickets.attachments.blobstore import LocalBlobStore
 from services.tickets.attachments.service import normalize_content_type, sanitize_filename
+from services.tickets.attachments.sweeper import sweep_orphans
 from services.tickets.settings import Settings
-from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
-from tests.tickets.test_blobstore import run_s3_server
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
+from tests.tickets.test_blobstore import object_keys, run_s3_server
 
 MAX_BYTES = 200_000
 PDF = "application/pdf"
@@ -459,3 +462,84 @@ async def test_a_slow_upload_holds_no_database_connection(infra, admin_db, blob_
     assert response.status_code == 201, response.text
     rows = await attachment_rows(admin_db, tenant)
     assert [row["size_bytes"] for row in rows] == [len(b"%PDF-1.7 first half second half")]
+
+
+async def _sweep(infra, store, *, now: datetime) -> list[str]:
+    engine = create_engine(settings_for(infra, Settings, "tickets"))
+    try:
+        return await sweep_orphans(create_session_factory(engine), store, grace=timedelta(days=1), now=now)
+    finally:
+        await engine.dispose()
+
+
+async def test_sweep_deletes_old_orphaned_blobs_only(client, infra, admin_db, blob_dir):
+    """A file whose row never committed goes after the grace period; nothing else is touched."""
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    created = await upload(client, ticket_id, auth_headers(infra, tenant, ["agent"]), b"%PDF kept")
+    assert created.status_code == 201, created.text
+    kept = blob_dir / tenant / ticket_id / created.json()["id"]
+    old_orphan = blob_dir / tenant / ticket_id / str(uuid.uuid4())
+    young_orphan = blob_dir / tenant / ticket_id / str(uuid.uuid4())
+    foreign = blob_dir / tenant / "notes.txt"  # not a key of ours: never deleted
+    for path in (old_orphan, young_orphan, foreign):
+        path.write_bytes(b"x")
+    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
+    for path in (kept, old_orphan, foreign):
+        os.utime(path, (two_days_ago, two_days_ago))
+
+    deleted = await _sweep(infra, LocalBlobStore(blob_dir), now=datetime.now(UTC))
+
+    assert deleted == [f"{tenant}/{ticket_id}/{old_orphan.name}"]
+    assert sorted(path.name for path in stored_files(blob_dir, tenant)) == sorted(
+        [kept.name, young_orphan.name, foreign.name]
+    )
+
+
+async def test_sweep_pages_through_an_s3_bucket(infra, admin_db):
+    with run_s3_server() as s3:
+        store = s3.store(prefix="attachments/")
+        tenant = unique_tenant()
+        ticket_id = await create_ticket(admin_db, tenant)
+        kept_id, orphan_ids = uuid.uuid4(), [uuid.uuid4() for _ in range(3)]
+        for attachment_id in (kept_id, *orphan_ids):
+            await store.put(f"{tenant}/{ticket_id}/{attachment_id}", _chunks(b"bytes"))
+        await admin_db.execute(
+            "INSERT INTO tickets.attachments (id, tenant_id, ticket_id, filename, content_type,"
+            " size_bytes, sha256, storage_key, uploaded_by)"
+            " VALUES ($1, $2, $3::uuid, 'a.pdf', 'application/pdf', 5, 'x', $4, 'agent-1')",
+            kept_id,
+            tenant,
+            ticket_id,
+            f"{tenant}/{ticket_id}/{kept_id}",
+        )
+        listed = [key async for key, _ in store.list_keys(page_size=1)]  # one key per page
+        assert len(listed) == 4
+        # A day and more later, everything counts as old.
+        deleted = await _sweep(infra, store, now=datetime.now(UTC) + timedelta(days=2))
+        await store.close()
+        assert sorted(deleted) == sorted(f"{tenant}/{ticket_id}/{i}" for i in orphan_ids)
+        assert object_keys(s3) == [f"attachments/{tenant}/{ticket_id}/{kept_id}"]
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def test_the_service_sweeps_on_its_own(infra, admin_db, tmp_path):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    orphan = tmp_path / tenant / ticket_id / str(uuid.uuid4())
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"left behind by a crash")
+    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
+    os.utime(orphan, (two_days_ago, two_days_ago))
+    settings = settings_for(
+        infra, Settings, "tickets", blob_local_dir=str(tmp_path), blob_sweep_interval_s=0.2
+    )
+    async with app_client(create_app(settings)):
+
+        async def swept() -> bool:
+            return not orphan.exists()
+
+        await wait_until(swept, timeout=15)

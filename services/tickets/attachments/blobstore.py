@@ -63,6 +63,10 @@ class BlobStore(Protocol):
         """Remove `key`; a key that does not exist is not an error."""
         ...
 
+    def list_keys(self) -> AsyncIterator[tuple[str, datetime]]:
+        """Every stored key with its last-modified time (for the orphan sweep)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -128,6 +132,23 @@ class LocalBlobStore:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.path_for(key).unlink, missing_ok=True)
+
+    async def list_keys(self) -> AsyncIterator[tuple[str, datetime]]:
+        # Files that are no valid key (an upload's temporary file, anything foreign) are skipped.
+        found = await asyncio.to_thread(self._walk)
+        for key, modified in found:
+            yield key, modified
+
+    def _walk(self) -> list[tuple[str, datetime]]:
+        found = []
+        for directory, _subdirectories, files in os.walk(self.root):
+            for name in files:
+                path = Path(directory) / name
+                key = path.relative_to(self.root).as_posix()
+                if _KEY_PATTERN.match(key):
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                        found.append((key, datetime.fromtimestamp(path.stat().st_mtime, UTC)))
+        return found
 
     async def close(self) -> None:
         return None
@@ -400,10 +421,37 @@ class S3BlobStore:
     async def delete(self, key: str) -> None:
         await self._send("DELETE", self.url_for(key), "DeleteObject", ok=(200, 204, 404))
 
+    async def list_keys(self, page_size: int = 1000) -> AsyncIterator[tuple[str, datetime]]:
+        """ListObjectsV2 under the prefix, page by page."""
+        token: str | None = None
+        while True:
+            query = f"list-type=2&max-keys={page_size}&prefix=" + quote(self.prefix, safe="")
+            if token:
+                query += "&continuation-token=" + quote(token, safe="")
+            response = await self._send("GET", f"{self.base_url}?{query}", "ListObjectsV2")
+            root = ElementTree.fromstring(response.content)
+            for contents in _children(root, "Contents"):
+                key = (_child_text(contents, "Key") or "")[len(self.prefix) :]
+                modified = _child_text(contents, "LastModified")
+                if _KEY_PATTERN.match(key) and modified:
+                    yield key, datetime.fromisoformat(modified.replace("Z", "+00:00"))
+            token = _child_text(root, "NextContinuationToken")
+            if _child_text(root, "IsTruncated") != "true" or not token:
+                return
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+def _children(element: ElementTree.Element, tag: str) -> list[ElementTree.Element]:
+    return [child for child in element if child.tag == tag or child.tag.endswith("}" + tag)]
+
+
+def _child_text(element: ElementTree.Element, tag: str) -> str | None:
+    children = _children(element, tag)
+    return children[0].text if children else None
 
 
 def _escape_xml(text: str) -> str:

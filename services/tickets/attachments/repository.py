@@ -104,3 +104,11 @@ async def get_attachment(
 async def delete_attachment(session: AsyncSession, tenant_id: str, attachment_id: UUID) -> bool:
     query = delete(attachments).where(attachments.c.tenant_id == tenant_id, attachments.c.id == attachment_id)
     return (await session.execute(query)).rowcount == 1
+
+
+async def existing_attachment_ids(session: AsyncSession, tenant_id: str, ids: list[UUID]) -> set[UUID]:
+    """Which of these attachment ids have a row (the orphan sweep)."""
+    result = await session.execute(
+        select(attachments.c.id).where(attachments.c.tenant_id == tenant_id, attachments.c.id.in_(ids))
+    )
+    return set(result.scalars())
