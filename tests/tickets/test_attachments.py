@@ -482,17 +482,19 @@ async def test_sweep_deletes_old_orphaned_blobs_only(client, infra, admin_db, bl
     old_orphan = blob_dir / tenant / ticket_id / str(uuid.uuid4())
     young_orphan = blob_dir / tenant / ticket_id / str(uuid.uuid4())
     foreign = blob_dir / tenant / "notes.txt"  # not a key of ours: never deleted
-    for path in (old_orphan, young_orphan, foreign):
+    killed_upload = blob_dir / tenant / ticket_id / ".upload-abc123.part"  # kill -9 mid-write
+    young_upload = blob_dir / tenant / ticket_id / ".upload-def456.part"  # still being written
+    for path in (old_orphan, young_orphan, foreign, killed_upload, young_upload):
         path.write_bytes(b"x")
     two_days_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
-    for path in (kept, old_orphan, foreign):
+    for path in (kept, old_orphan, foreign, killed_upload):
         os.utime(path, (two_days_ago, two_days_ago))
 
     deleted = await _sweep(infra, LocalBlobStore(blob_dir), now=datetime.now(UTC))
 
     assert deleted == [f"{tenant}/{ticket_id}/{old_orphan.name}"]
     assert sorted(path.name for path in stored_files(blob_dir, tenant)) == sorted(
-        [kept.name, young_orphan.name, foreign.name]
+        [kept.name, young_orphan.name, foreign.name, young_upload.name]
     )
 
 

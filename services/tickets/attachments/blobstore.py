@@ -29,6 +29,8 @@ from services.tickets.settings import Settings
 log = structlog.get_logger()
 
 READ_CHUNK_BYTES = 64 * 1024
+# A local upload's file until it is complete (then renamed to its key).
+TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".upload-", ".part"
 # Local writes are batched so a 25 MiB file costs a few dozen thread hops, not hundreds.
 WRITE_BATCH_BYTES = 1024 * 1024
 # Keys we create: "<tenant>/<ticket id>/<attachment id>"; every segment starts with a letter or digit,
@@ -95,7 +97,7 @@ class LocalBlobStore:
         target = self.path_for(key)
         await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
         fd, temp_name = await asyncio.to_thread(
-            tempfile.mkstemp, dir=target.parent, prefix=".upload-", suffix=".part"
+            tempfile.mkstemp, dir=target.parent, prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX
         )
         hasher, size, pending = hashlib.sha256(), 0, bytearray()
         try:
@@ -138,6 +140,23 @@ class LocalBlobStore:
         found = await asyncio.to_thread(self._walk)
         for key, modified in found:
             yield key, modified
+
+    async def remove_stale_temporary_files(self, modified_before: datetime) -> int:
+        """Delete the temporary files of uploads killed mid-write (a `put` that fails or is
+        cancelled removes its own); returns how many."""
+        return await asyncio.to_thread(self._remove_stale_temporary_files, modified_before.timestamp())
+
+    def _remove_stale_temporary_files(self, cutoff: float) -> int:
+        removed = 0
+        for directory, _subdirectories, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(TEMPORARY_PREFIX) and name.endswith(TEMPORARY_SUFFIX):
+                    path = Path(directory) / name
+                    with contextlib.suppress(FileNotFoundError):
+                        if path.stat().st_mtime < cutoff:
+                            path.unlink()
+                            removed += 1
+        return removed
 
     def _walk(self) -> list[tuple[str, datetime]]:
         found = []

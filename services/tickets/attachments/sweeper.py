@@ -2,7 +2,8 @@
 
 An upload stores its file first and commits the attachment row after; a process that dies in
 between leaves a file no row points to. The sweep deletes stored files older than the grace
-period whose attachment row does not exist. Only keys of our own shape
+period whose attachment row does not exist, and in a local store the temporary files of
+uploads killed mid-write. Only keys of our own shape
 (`<tenant>/<ticket id>/<attachment id>`) are considered: anything else in the bucket is left
 alone. Two replicas sweeping at once delete the same orphans, which is harmless.
 """
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.common.auth import TENANT_PATTERN
 from libs.common.db import set_tenant
 from services.tickets.attachments import repository
-from services.tickets.attachments.blobstore import BlobStore, create_blob_store
+from services.tickets.attachments.blobstore import BlobStore, LocalBlobStore, create_blob_store
 
 log = structlog.get_logger()
 
@@ -62,6 +63,10 @@ async def sweep_orphans(
                 if attachment_id not in kept:
                     await store.delete(keys[attachment_id])
                     deleted.append(keys[attachment_id])
+    if isinstance(store, LocalBlobStore):
+        removed = await store.remove_stale_temporary_files(now - grace)
+        if removed:
+            log.warning("stale_upload_files_deleted", count=removed)
     if deleted:
         log.warning("orphan_blobs_deleted", count=len(deleted), keys=deleted[:20])
     return deleted
