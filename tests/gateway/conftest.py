@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -89,9 +90,9 @@ class EchoUpstream:
         return self.app.state.hits
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def echo_upstream() -> AsyncIterator[EchoUpstream]:
-    app = echo_app()
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port (no lifespan); yields its base URL."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -104,10 +105,17 @@ async def echo_upstream() -> AsyncIterator[EchoUpstream]:
             task.result()
         await asyncio.sleep(0.02)
     try:
-        yield EchoUpstream(app, f"http://127.0.0.1:{port}")
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def echo_upstream() -> AsyncIterator[EchoUpstream]:
+    app = echo_app()
+    async with serving(app) as url:
+        yield EchoUpstream(app, url)
 
 
 def gateway_settings(infra: Infra, echo_url: str, **overrides) -> Settings:

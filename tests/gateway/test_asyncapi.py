@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from gateway.app import create_app
 from libs.common.asyncapi import iter_refs, resolve_pointer
-from libs.common.launcher import free_port
 from services.summarization.app import create_app as create_summarization_app
 from services.summarization.events import EVENTS as SUMMARIZATION_EVENTS
 from services.summarization.settings import Settings as SummarizationSettings
@@ -20,27 +13,9 @@ from services.tickets.app import create_app as create_tickets_app
 from services.tickets.events import EVENTS as TICKETS_EVENTS
 from services.tickets.settings import Settings as TicketsSettings
 from tests.conftest import app_client, settings_for
-from tests.gateway.conftest import Gateway, gateway_settings
+from tests.gateway.conftest import Gateway, gateway_settings, serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """Serve `app` on a free port without its lifespan: /asyncapi.json needs no database or broker."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_merged_asyncapi_has_every_reachable_services_events(infra) -> None:

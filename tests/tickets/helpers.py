@@ -1,4 +1,4 @@
-"""Shared helpers for the adversarial tickets tests: problem assertions and write detection."""
+"""Shared helpers for the tickets tests: factories, problem assertions, reads as the database owner."""
 
 from __future__ import annotations
 
@@ -108,3 +108,13 @@ async def patch_ticket(
         json=changes,
         headers=headers | {"If-Match": f'W/"{ticket["version"]}"'},
     )
+
+
+async def outbox_types(infra: Infra, aggregate_id: str) -> list[str]:
+    """The event types the ticket's outbox rows carry, oldest first."""
+    rows = await admin_fetch(
+        infra,
+        "SELECT payload->>'type' AS type FROM tickets.outbox WHERE aggregate_id = $1 ORDER BY id",
+        aggregate_id,
+    )
+    return [row["type"] for row in rows]

@@ -18,9 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.tickets.app import create_app
-from services.tickets.settings import Settings
-from tests.conftest import Infra, app_client, auth_headers, settings_for, unique_tenant
+from tests.conftest import Infra, auth_headers, unique_tenant
 from tests.tickets.helpers import (
     TICKETS,
     add_comment,
@@ -30,12 +28,6 @@ from tests.tickets.helpers import (
     patch_ticket,
     tenant_state,
 )
-
-
-@pytest.fixture(scope="module")
-async def tickets(infra):
-    async with app_client(create_app(settings_for(infra, Settings, "tickets"))) as client:
-        yield client
 
 
 @dataclass

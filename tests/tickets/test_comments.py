@@ -4,16 +4,8 @@ import json
 
 import pytest
 
-from services.tickets.app import create_app
-from services.tickets.settings import Settings
-from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
-from tests.tickets.support import admin_fetch, create_ticket, outbox_types, patch_ticket
-
-
-@pytest.fixture(scope="module")
-async def tickets(infra):
-    async with app_client(create_app(settings_for(infra, Settings, "tickets"))) as client:
-        yield client
+from tests.conftest import auth_headers, unique_tenant
+from tests.tickets.helpers import admin_fetch, create_ticket, outbox_types, patch_ticket
 
 
 @pytest.fixture

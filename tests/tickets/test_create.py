@@ -1,17 +1,7 @@
 """Creating tickets: every field, who may set what, tenant categories, SLA deadlines."""
 
-import pytest
-
-from services.tickets.app import create_app
-from services.tickets.settings import Settings
-from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
-from tests.tickets.support import admin_fetch, create_ticket, outbox_types
-
-
-@pytest.fixture(scope="module")
-async def tickets(infra):
-    async with app_client(create_app(settings_for(infra, Settings, "tickets"))) as client:
-        yield client
+from tests.conftest import auth_headers, unique_tenant
+from tests.tickets.helpers import admin_fetch, create_ticket, outbox_types
 
 
 async def test_an_agent_creates_a_maintenance_ticket_with_every_field(tickets, infra):

@@ -5,19 +5,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from services.tickets.app import create_app
-from services.tickets.settings import Settings
-from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
-from tests.tickets.support import admin_fetch, create_ticket, patch_ticket
+from tests.conftest import auth_headers, unique_tenant
+from tests.tickets.helpers import admin_fetch, create_ticket, patch_ticket
 
 PRIORITY_RANK = {"low": 1, "medium": 2, "high": 3, "urgent": 4}
 INFINITY = datetime.max.replace(tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-async def tickets(infra):
-    async with app_client(create_app(settings_for(infra, Settings, "tickets"))) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

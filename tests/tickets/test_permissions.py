@@ -22,9 +22,7 @@ from typing import Any
 
 import pytest
 
-from services.tickets.app import create_app
-from services.tickets.settings import Settings
-from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
+from tests.conftest import auth_headers, unique_tenant
 from tests.tickets.helpers import (
     PROBLEM,
     TICKETS,
@@ -128,12 +126,6 @@ CASES = [
     for route in ROUTES
     for index, caller in enumerate(CALLERS)
 ]
-
-
-@pytest.fixture(scope="module")
-async def tickets(infra):
-    async with app_client(create_app(settings_for(infra, Settings, "tickets"))) as client:
-        yield client
 
 
 @dataclass

@@ -2,16 +2,8 @@
 
 import pytest
 
-from services.tickets.app import create_app
-from services.tickets.settings import Settings
-from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
-from tests.tickets.support import create_ticket, patch_ticket
-
-
-@pytest.fixture(scope="module")
-async def tickets(infra):
-    async with app_client(create_app(settings_for(infra, Settings, "tickets"))) as client:
-        yield client
+from tests.conftest import auth_headers, unique_tenant
+from tests.tickets.helpers import create_ticket, patch_ticket
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +202,7 @@ async def test_korean_terms_match_inside_longer_words_and_english_prefixes(ticke
 
 async def test_search_and_containment_operators_may_run_before_the_tenant_policy(infra):
     """LEAKPROOF lets PostgreSQL use the GIN indexes under row-level security (migration 0005)."""
-    from tests.tickets.support import admin_fetch
+    from tests.tickets.helpers import admin_fetch
 
     rows = await admin_fetch(
         infra,

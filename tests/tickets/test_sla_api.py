@@ -8,7 +8,7 @@ import pytest
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
-from tests.tickets.support import create_ticket, patch_ticket
+from tests.tickets.helpers import create_ticket, patch_ticket
 
 POLICIES = "/api/v1/tickets/sla/policies"
 CALENDAR = "/api/v1/tickets/sla/calendar"

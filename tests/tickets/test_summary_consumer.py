@@ -26,7 +26,7 @@ from services.tickets.app import create_app
 from services.tickets.settings import Settings
 from services.tickets.summaries import CompletedSummary
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
-from tests.tickets.support import create_ticket, patch_ticket
+from tests.tickets.helpers import create_ticket, patch_ticket
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 _numbers = itertools.count(1000)

@@ -4,19 +4,11 @@ import asyncio
 
 import pytest
 
-from services.tickets.app import create_app
-from services.tickets.settings import Settings
 from services.tickets.workflow import CATEGORY_TRANSITIONS, StatusCategory
-from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
-from tests.tickets.support import admin_fetch, create_ticket, outbox_types, patch_ticket
+from tests.conftest import auth_headers, unique_tenant
+from tests.tickets.helpers import admin_fetch, create_ticket, outbox_types, patch_ticket
 
 BUILTIN = [category.value for category in StatusCategory]
-
-
-@pytest.fixture(scope="module")
-async def tickets(infra):
-    async with app_client(create_app(settings_for(infra, Settings, "tickets"))) as client:
-        yield client
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from libs.common.errors import ProblemError
 from libs.common.ids import new_id
 from services.tickets.attachments import repository
 from services.tickets.attachments.blobstore import BlobNotFoundError, BlobStore, BlobStoreError
+from services.tickets.service import is_staff, own_requester_id
 
 log = structlog.get_logger()
 
@@ -47,14 +48,6 @@ class Upload(Protocol):
     def chunks(self) -> AsyncIterator[bytes]: ...
 
     async def rest_of_form(self) -> dict[str, str]: ...
-
-
-def _only_own_tickets(identity: Identity) -> str | None:
-    return None if identity.has_any("agent", "admin", "service") else identity.user_id
-
-
-def _sees_internal_notes(identity: Identity) -> bool:
-    return identity.has_any("agent", "admin", "service")
 
 
 def sanitize_filename(raw: str) -> str:
@@ -142,7 +135,7 @@ def _store_unavailable(exc: BlobStoreError) -> ProblemError:
 
 async def _require_visible_ticket(session: AsyncSession, identity: Identity, ticket_id: UUID) -> None:
     if not await repository.ticket_is_visible(
-        session, identity.tenant, ticket_id, _only_own_tickets(identity)
+        session, identity.tenant, ticket_id, own_requester_id(identity)
     ):
         raise ProblemError(404, "Not Found", f"ticket {ticket_id} not found")
 
@@ -166,7 +159,7 @@ async def _check_comment(
     session: AsyncSession, identity: Identity, ticket_id: UUID, comment_id: UUID
 ) -> None:
     visibility = await repository.comment_visibility(session, identity.tenant, ticket_id, comment_id)
-    if visibility is None or (visibility == "internal" and not _sees_internal_notes(identity)):
+    if visibility is None or (visibility == "internal" and not is_staff(identity)):
         raise ProblemError(
             422,
             "Validation Error",
@@ -255,7 +248,7 @@ async def list_attachments(
         session,
         identity.tenant,
         ticket_id,
-        public_only=not _sees_internal_notes(identity),
+        public_only=not is_staff(identity),
         limit=limit,
         after=after,
     )
@@ -267,7 +260,7 @@ async def get_attachment(
     """The attachment's row (with its storage key) if the caller may see it, else a 404 problem."""
     await _require_visible_ticket(session, identity, ticket_id)
     row = await repository.get_attachment(
-        session, identity.tenant, ticket_id, attachment_id, public_only=not _sees_internal_notes(identity)
+        session, identity.tenant, ticket_id, attachment_id, public_only=not is_staff(identity)
     )
     if row is None:
         raise ProblemError(404, "Not Found", f"attachment {attachment_id} not found")
