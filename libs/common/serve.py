@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 
 import uvicorn
@@ -18,6 +19,40 @@ def _after_drain(signum: int, frame: object) -> None:
     # uvicorn re-raises the signal once it has drained; by then the work is done, so the
     # process exits normally (status 0) instead of "killed by SIGTERM".
     return None
+
+
+def bind_reuse_port(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A TCP socket on host:port in the port's SO_REUSEPORT group (Linux spreads new connections
+    over the group's listening sockets by a hash of the client address and port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+        if listen:
+            sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class WorkerOwnSocket:
+    """Goes where uvicorn's supervisor expects the shared listening socket: each worker process
+    unpickles it into a socket of its own in the port's SO_REUSEPORT group.
+
+    With one shared socket all workers wait on one accept queue and the kernel wakes the most
+    recently waiting one, which accepts every pending connection: measured here, all 8 keep-alive
+    connections of a benchmark landed on one of two workers (one core busy, the other idle). A
+    socket per worker lets the kernel spread connections over the workers instead.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+    def __reduce__(self) -> tuple:
+        return (bind_reuse_port, (self.host, self.port))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="on",
         workers=args.workers,
     )
+    if args.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
+        try:
+            # Held, never listening, for the supervisor's lifetime: the port stays ours (a program
+            # binding it without SO_REUSEPORT is refused) and a taken port is reported here.
+            port_claim = bind_reuse_port(args.host, args.port, listen=False)
+        except OSError as exc:
+            print(f"helpdesk-serve: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 3
+        with port_claim:
+            # uvicorn's supervisor: restarts a worker that dies, drains all on SIGTERM.
+            Multiprocess(config, sockets=[WorkerOwnSocket(args.host, args.port)]).run()  # type: ignore[list-item]
+        return 0
     if args.workers > 1:
-        # uvicorn's supervisor: restarts a worker that dies, drains all on SIGTERM.
-        sock = config.bind_socket()
-        Multiprocess(config, sockets=[sock]).run()
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
         return 0
     server = uvicorn.Server(config)
     server.run()
