@@ -1,12 +1,16 @@
 """Outbox relay against real PostgreSQL and NATS: order, crash safety, broker outages."""
 
 import asyncio
+from types import SimpleNamespace
+from uuid import uuid4
 
 import nats
 import pytest
+from nats.js.errors import NoStreamResponseError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.common import outbox as outbox_module
 from libs.common.db import create_engine
 from libs.common.events import ensure_stream
 from libs.common.outbox import OutboxRelay
@@ -154,6 +158,60 @@ async def test_relay_publishes_in_outbox_order(infra):
     finally:
         await nc.close()
         await engine.dispose()
+
+
+async def test_a_batch_stops_at_the_first_unacked_message_and_frees_the_rest(infra):
+    """Publishes are pipelined; only the acked leading rows count as published."""
+    tenant = unique_tenant("batch")
+    settings = settings_for(infra, TicketSettings, "tickets")
+    nc = await nats.connect(infra.nats_url)
+    try:
+        await ensure_stream(nc.jetstream(), "TICKETS", settings)
+        relay = OutboxRelay(
+            service="tickets", engine=None, outbox=ticket_models.outbox, nc=nc, settings=settings
+        )
+        rows = [
+            SimpleNamespace(id=1, subject=f"tickets.{tenant}.ticket.created", event_id=uuid4(), payload="{}"),
+            SimpleNamespace(
+                id=2, subject=f"nostream.{tenant}.x", event_id=uuid4(), payload="{}"
+            ),  # no stream
+            SimpleNamespace(id=3, subject=f"tickets.{tenant}.ticket.created", event_id=uuid4(), payload="{}"),
+        ]
+        published, failure = await relay.publish_batch(rows)
+        assert published == [1]
+        assert isinstance(failure, NoStreamResponseError)
+        await asyncio.sleep(0)  # done-callbacks of the cancelled acks run on the next pass of the loop
+        assert relay.js.publish_async_pending() == 0  # nothing left waiting in the client
+        assert await relay.publish_batch(rows[:1]) == ([1], None)  # a re-publish is acked (as duplicate)
+        assert await stream_count(infra, f"tickets.{tenant}.>") == 2
+    finally:
+        await nc.close()
+
+
+async def test_acks_that_never_come_time_out_and_are_released(infra, monkeypatch):
+    monkeypatch.setattr(outbox_module, "PUBLISH_ACK_TIMEOUT_S", 0.5)
+    tenant = unique_tenant("stall")
+    settings = settings_for(infra, TicketSettings, "tickets")
+    nc = await nats.connect(infra.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        relay = OutboxRelay(
+            service="tickets", engine=None, outbox=ticket_models.outbox, nc=nc, settings=settings
+        )
+        rows = [
+            SimpleNamespace(id=n, subject=f"tickets.{tenant}.ticket.created", event_id=uuid4(), payload="{}")
+            for n in range(3)
+        ]
+        await asyncio.to_thread(infra.nats.stop)
+        try:
+            published, failure = await relay.publish_batch(rows)  # the client buffers; no ack comes
+        finally:
+            await asyncio.to_thread(infra.nats.start)
+        assert published == []
+        assert isinstance(failure, TimeoutError)
+        await asyncio.sleep(0)
+        assert relay.js.publish_async_pending() == 0  # the client's slots for those acks are freed
+    finally:
+        await nc.close()
 
 
 def _payload(n: int) -> dict:
