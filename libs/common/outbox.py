@@ -33,7 +33,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.sql.selectable import CTE
@@ -146,6 +146,12 @@ class OutboxRelay:
             .limit(settings.outbox_batch_size)
             .with_for_update(skip_locked=True)
         )
+        # `= ANY(array)`: one cached statement for every batch size (an IN list compiles per size).
+        self._mark_published = (
+            update(outbox)
+            .where(outbox.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger))))
+            .values(published_at=func.now())
+        )
 
     async def publish_batch(self, rows: list[Row]) -> tuple[list[int], Exception | None]:
         """Publish rows in order, pipelined: all are sent, then the acks awaited (one flush and one
@@ -179,9 +185,7 @@ class OutboxRelay:
         return published, None
 
     async def mark_published(self, conn, ids: list[int]) -> None:
-        await conn.execute(
-            update(self.outbox).where(self.outbox.c.id.in_(ids)).values(published_at=func.now())
-        )
+        await conn.execute(self._mark_published, {"ids": ids})
 
     async def relay_pending_events(self) -> int:
         """Relay one batch; returns how many rows were published. Raises if publishing failed."""

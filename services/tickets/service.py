@@ -121,11 +121,10 @@ async def load_workflow(session: AsyncSession, tenant_id: str) -> Workflow:
 
 async def _check_category(session: AsyncSession, tenant_id: str, category: str | None) -> None:
     """A tenant that defined categories gets only those; a tenant without a list takes any key."""
-    if category is None:
+    if category is None or await repository.category_allowed(session, tenant_id, category):
         return
-    defined = {row["key"] for row in await repository.list_categories(session, tenant_id)}
-    if defined and category not in defined:
-        raise _invalid(f"unknown category {category!r}; defined: {sorted(defined)}", "category")
+    defined = sorted(row["key"] for row in await repository.list_categories(session, tenant_id))
+    raise _invalid(f"unknown category {category!r}; defined: {defined}", "category")
 
 
 async def _check_parent(
