@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.auth import IdentityDep, require_roles
 from libs.common.db import TenantSessionDep
@@ -27,6 +28,7 @@ from libs.common.pagination import (
     malformed_cursor,
     time_page,
 )
+from libs.common.query import openapi_parameters, parse_query
 from libs.common.responses import FastJSONResponse, jsonable
 from services.tickets import repository, search, service
 from services.tickets.models import idempotency_keys
@@ -276,8 +278,7 @@ async def list_history(
 # -- list and search ---------------------------------------------------------------------------
 
 # No NUL: PostgreSQL text cannot hold it, so the driver would fail on the parameter.
-TextFilter = Annotated[str | None, Query(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
-ListFilter = Annotated[list[str], Query(max_length=50)]
+TextFilter = Annotated[str | None, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 CUSTOM_FIELD_PREFIX = "cf."
 
 
@@ -354,86 +355,97 @@ def _encode_list_cursor(row: dict[str, Any], sort: repository.Sort) -> str:
     return encode_cursor(values)
 
 
-@router.get("", response_model=Page[SearchHit])
-async def list_tickets(
-    request: Request,
-    session: TenantSessionDep,
-    identity: IdentityDep,
-    limit: LimitQuery = 50,
-    cursor: CursorQuery = None,
-    status_: Annotated[ListFilter, Query(alias="status", description="Status key(s)")] = [],  # noqa: B006
-    status_category: Annotated[list[StatusCategory], Query(max_length=5)] = [],  # noqa: B006
-    priority: Annotated[list[Priority], Query(max_length=4)] = [],  # noqa: B006
-    category: ListFilter = [],  # noqa: B006
-    assignee: Annotated[TextFilter, Query(description="`me`, `none` or a user id")] = None,
-    group: TextFilter = None,
-    requester: TextFilter = None,
-    tag: Annotated[ListFilter, Query(description="Tickets having all these tags")] = [],  # noqa: B006
-    building: TextFilter = None,
-    floor: TextFilter = None,
-    room: TextFilter = None,
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
-    updated_from: datetime | None = None,
-    updated_to: datetime | None = None,
-    overdue: bool = False,
-    due_before: datetime | None = None,
-    parent_id: UUID | None = None,
-    deleted: Annotated[bool, Query(description="Only soft-deleted tickets (admins)")] = False,
-    q: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=search.MAX_QUERY_LENGTH,
-            description=(
-                "Search subject, description and comments: every term must match; words whole, the"
-                " last one also as a prefix; Korean terms anywhere inside words"
-            ),
+class TicketListQuery(BaseModel):
+    """The list's query parameters (validated together: see libs/common/query.py)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(50, ge=1, le=200, description="Page size (1..200)")
+    cursor: str | None = Field(
+        None, max_length=512, description="Opaque cursor from the previous page's next_cursor"
+    )
+    status_: list[str] = Field([], alias="status", max_length=50, description="Status key(s)")
+    status_category: list[StatusCategory] = Field([], max_length=5)
+    priority: list[Priority] = Field([], max_length=4)
+    category: list[str] = Field([], max_length=50)
+    assignee: TextFilter = Field(None, description="`me`, `none` or a user id")
+    group: TextFilter = None
+    requester: TextFilter = None
+    tag: list[str] = Field([], max_length=50, description="Tickets having all these tags")
+    building: TextFilter = None
+    floor: TextFilter = None
+    room: TextFilter = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    updated_from: datetime | None = None
+    updated_to: datetime | None = None
+    overdue: bool = False
+    due_before: datetime | None = None
+    parent_id: UUID | None = None
+    deleted: bool = Field(False, description="Only soft-deleted tickets (admins)")
+    q: str | None = Field(
+        None,
+        min_length=1,
+        max_length=search.MAX_QUERY_LENGTH,
+        description=(
+            "Search subject, description and comments: every term must match; words whole, the"
+            " last one also as a prefix; Korean terms anywhere inside words"
         ),
-    ] = None,
-    sort: Literal["created_at", "updated_at", "priority", "due_at", "relevance"] | None = None,
-    order: Literal["asc", "desc"] = "desc",
+    )
+    sort: Literal["created_at", "updated_at", "priority", "due_at", "relevance"] | None = None
+    order: Literal["asc", "desc"] = "desc"
+
+
+@router.get(
+    "",
+    response_model=Page[SearchHit],
+    openapi_extra={"parameters": openapi_parameters(TicketListQuery)},
+)
+async def list_tickets(
+    request: Request, session: TenantSessionDep, identity: IdentityDep
 ) -> FastJSONResponse:
     """Tickets of the caller's tenant: filter, search, sort, cursor-paginate.
 
     Custom fields filter as `cf.<name>=<value>`. With `q`, results are ranked by relevance
     (unless another sort is asked for) and carry a highlighted snippet.
     """
+    query = parse_query(request, TicketListQuery)
+    q, limit, assignee = query.q, query.limit, query.assignee
     if q is not None and "\x00" in q:
         raise ProblemError(400, "Bad Request", "q must not contain NUL characters")
     if q is not None and search.tsquery_text(q) is None:
         return FastJSONResponse({"items": [], "next_cursor": None})  # nothing searchable in q
-    sort_field = sort or ("relevance" if q else "created_at")
+    sort_field = query.sort or ("relevance" if q else "created_at")
     if sort_field == "relevance" and not q:
         raise ProblemError(400, "Bad Request", "sort=relevance needs q")
-    sort_order = repository.Sort(sort_field, order == "desc")
+    sort_order = repository.Sort(sort_field, query.order == "desc")
     filters = repository.TicketFilters(
-        statuses=_no_nul(status_, "status"),
-        status_categories=tuple(c.value for c in status_category),
-        priorities=tuple(p.value for p in priority),
-        categories=_no_nul(category, "category"),
+        statuses=_no_nul(query.status_, "status"),
+        status_categories=tuple(c.value for c in query.status_category),
+        priorities=tuple(p.value for p in query.priority),
+        categories=_no_nul(query.category, "category"),
         assignee_id=None
         if assignee in (None, "none")
         else (identity.user_id if assignee == "me" else assignee),
         unassigned=assignee == "none",
-        group_id=group,
-        requester_id=requester,
-        tags=_no_nul(tag, "tag"),
-        building=building,
-        floor=floor,
-        room=room,
-        created_from=_utc(created_from, "created_from"),
-        created_to=_utc(created_to, "created_to"),
-        updated_from=_utc(updated_from, "updated_from"),
-        updated_to=_utc(updated_to, "updated_to"),
+        group_id=query.group,
+        requester_id=query.requester,
+        tags=_no_nul(query.tag, "tag"),
+        building=query.building,
+        floor=query.floor,
+        room=query.room,
+        created_from=_utc(query.created_from, "created_from"),
+        created_to=_utc(query.created_to, "created_to"),
+        updated_from=_utc(query.updated_from, "updated_from"),
+        updated_to=_utc(query.updated_to, "updated_to"),
         custom_fields=_custom_field_filters(request),
-        overdue_at=datetime.now(UTC) if overdue else None,
-        due_before=_utc(due_before, "due_before"),
-        parent_id=str(parent_id) if parent_id else None,
-        deleted=deleted,
+        overdue_at=datetime.now(UTC) if query.overdue else None,
+        due_before=_utc(query.due_before, "due_before"),
+        parent_id=str(query.parent_id) if query.parent_id else None,
+        deleted=query.deleted,
         q=q,
     )
-    after = _decode_list_cursor(cursor, sort_order) if cursor else None
+    after = _decode_list_cursor(query.cursor, sort_order) if query.cursor else None
     rows = await service.list_tickets(session, identity, filters, sort_order, limit=limit, after=after)
     next_cursor = None
     if len(rows) > limit:

@@ -32,8 +32,11 @@ router = APIRouter(prefix="/api/v1/tickets", tags=["attachments"])
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
-def get_blob_store(request: Request) -> BlobStore:
-    """The app's blob store, made from the settings on first use (closed by `close_blob_store`)."""
+async def get_blob_store(request: Request) -> BlobStore:
+    """The app's blob store, made from the settings on first use (closed by `close_blob_store`).
+
+    Async on purpose: FastAPI runs a plain `def` dependency in a worker thread (~0.2 ms a
+    request, and two threads could each make a store)."""
     store = getattr(request.app.state, "blob_store", None)
     if store is None:  # no await between the check and the assignment: one store per app
         store = create_blob_store(request.app.state.settings)
