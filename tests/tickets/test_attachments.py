@@ -9,6 +9,7 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,7 +20,7 @@ from libs.common.db import create_engine, create_session_factory, plain_dsn
 from services.tickets.app import create_app
 from services.tickets.attachments.blobstore import LocalBlobStore
 from services.tickets.attachments.service import normalize_content_type, sanitize_filename
-from services.tickets.attachments.sweeper import sweep_orphans
+from services.tickets.attachments.sweeper import SWEEP_LOCK_KEY, sweep_if_first, sweep_orphans
 from services.tickets.settings import Settings
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
 from tests.tickets.test_blobstore import object_keys, run_s3_server
@@ -522,6 +523,35 @@ async def test_sweep_pages_through_an_s3_bucket(infra, admin_db):
         await store.close()
         assert sorted(deleted) == sorted(f"{tenant}/{ticket_id}/{i}" for i in orphan_ids)
         assert object_keys(s3) == [f"attachments/{tenant}/{ticket_id}/{kept_id}"]
+
+
+async def test_one_process_sweeps_at_a_time(infra, admin_db, tmp_path):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    orphan = tmp_path / tenant / ticket_id / str(uuid.uuid4())
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"left behind by a crash")
+    engine = create_engine(settings_for(infra, Settings, "tickets"))
+    later = datetime.now(UTC) + timedelta(days=2)
+    try:
+        sweep = partial(
+            sweep_if_first,
+            engine,
+            create_session_factory(engine),
+            LocalBlobStore(tmp_path),
+            grace=timedelta(days=1),
+        )
+        await admin_db.execute("SELECT pg_advisory_lock($1)", SWEEP_LOCK_KEY)  # another process sweeping
+        try:
+            assert await sweep(now=later) is None
+            assert orphan.exists()
+        finally:
+            await admin_db.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK_KEY)
+        assert await sweep(now=later) == [f"{tenant}/{ticket_id}/{orphan.name}"]
+        assert await admin_db.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK_KEY)  # given back
+        await admin_db.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK_KEY)
+    finally:
+        await engine.dispose()
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:

@@ -5,20 +5,23 @@ between leaves a file no row points to. The sweep deletes stored files older tha
 period whose attachment row does not exist, and in a local store the temporary files of
 uploads killed mid-write. Only keys of our own shape
 (`<tenant>/<ticket id>/<attachment id>`) are considered: anything else in the bucket is left
-alone. Two replicas sweeping at once delete the same orphans, which is harmless.
+alone. One process sweeps at a time (a PostgreSQL advisory lock): every worker and replica runs
+the job, but listing a large bucket once per pass is enough.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import structlog
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from libs.common.auth import TENANT_PATTERN
 from libs.common.db import set_tenant
@@ -28,6 +31,7 @@ from services.tickets.attachments.blobstore import BlobStore, LocalBlobStore, cr
 log = structlog.get_logger()
 
 BATCH = 500
+SWEEP_LOCK_KEY = zlib.crc32(b"helpdesk-tickets:orphan-blob-sweep")
 
 
 def attachment_of(key: str) -> tuple[str, UUID] | None:
@@ -72,6 +76,26 @@ async def sweep_orphans(
     return deleted
 
 
+async def sweep_if_first(
+    engine: AsyncEngine,
+    factory: async_sessionmaker[AsyncSession],
+    store: BlobStore,
+    *,
+    grace: timedelta,
+    now: datetime,
+) -> list[str] | None:
+    """Sweep unless another process is sweeping (None then): the pass holds an advisory lock."""
+    async with engine.connect() as conn:
+        if not await conn.scalar(select(func.pg_try_advisory_lock(SWEEP_LOCK_KEY))):
+            return None
+        try:
+            return await sweep_orphans(factory, store, grace=grace, now=now)
+        finally:
+            # A session-level lock outlives the transaction; a broken connection is discarded
+            # by the pool, and the server releases the lock with it.
+            await conn.scalar(select(func.pg_advisory_unlock(SWEEP_LOCK_KEY)))
+
+
 async def run_blob_sweeper(app: FastAPI, stop: asyncio.Event) -> None:
     """Sweep every `blob_sweep_interval_s` until `stop` is set; errors are logged, never fatal."""
     settings = app.state.settings
@@ -84,7 +108,9 @@ async def run_blob_sweeper(app: FastAPI, stop: asyncio.Event) -> None:
                 break
             try:
                 grace = timedelta(seconds=settings.blob_orphan_grace_s)
-                await sweep_orphans(app.state.session_factory, store, grace=grace, now=datetime.now(UTC))
+                await sweep_if_first(
+                    app.state.engine, app.state.session_factory, store, grace=grace, now=datetime.now(UTC)
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # store or database away: try again next interval
