@@ -239,25 +239,30 @@ def cmd_users_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_arguments(args: argparse.Namespace) -> list[str]:
+    """The benchmark's own command line. Options given after the scenario name arrive in
+    `args.extra` (argparse's REMAINDER takes everything there) and come last, so they win."""
+    if args.scenario == "tickets-api":
+        seconds = 20.0 if args.seconds is None else args.seconds
+        concurrency = 32 if args.concurrency is None else args.concurrency
+        return ["--seconds", str(seconds), "--concurrency", str(concurrency), *args.extra]
+    # tickets-scale: its own defaults (8 clients, 1M tickets) unless given; it starts its own servers.
+    argv = ["--tickets", str(args.tickets)]
+    if args.seconds is not None:
+        argv += ["--seconds", str(args.seconds)]
+    if args.concurrency is not None:
+        argv += ["--concurrency", str(args.concurrency)]
+    return argv + args.extra
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.scenario == "tickets-api":
         from bench.tickets_api import main as bench_main
 
-        seconds = 20.0 if args.seconds is None else args.seconds
-        concurrency = 32 if args.concurrency is None else args.concurrency
-        return bench_main(["--seconds", str(seconds), "--concurrency", str(concurrency)])
-    if args.scenario == "tickets-scale":
-        from bench.tickets_scale import main as scale_main
+        return bench_main(bench_arguments(args))
+    from bench.tickets_scale import main as scale_main
 
-        # Its own defaults (8 clients, 1M tickets) unless given; it starts its own servers.
-        argv = ["--tickets", str(args.tickets)]
-        if args.seconds is not None:
-            argv += ["--seconds", str(args.seconds)]
-        if args.concurrency is not None:
-            argv += ["--concurrency", str(args.concurrency)]
-        return scale_main(argv + args.extra)
-    print(f"unknown benchmark scenario: {args.scenario}", file=sys.stderr)
-    return 2
+    return scale_main(bench_arguments(args))
 
 
 def cmd_events_schemas(args: argparse.Namespace) -> int:
@@ -314,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "extra",
         nargs=argparse.REMAINDER,
-        help="tickets-scale: more options (see python -m bench.tickets_scale -h)",
+        help="more options (python -m bench.tickets_api -h, python -m bench.tickets_scale -h)",
     )
     bench.set_defaults(func=cmd_bench)
 
