@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import asyncpg
+import structlog
 from fastapi import Depends, Request
 from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
@@ -22,6 +23,8 @@ from sqlalchemy.sql.base import Executable
 
 from libs.common.auth import TENANT_PATTERN, IdentityDep
 from libs.common.settings import CommonSettings
+
+log = structlog.get_logger()
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -131,23 +134,66 @@ async def tenant_transaction(app: Any, tenant: str) -> AsyncIterator[AsyncSessio
     """
     if not TENANT_PATTERN.match(tenant):  # verified already; it is spliced into SQL below
         raise ValueError("invalid tenant")
-    engine: AsyncEngine = app.state.engine
     factory: async_sessionmaker[AsyncSession] = app.state.session_factory
-    async with engine.connect() as pooled:
-        conn = await pooled.execution_options(isolation_level="AUTOCOMMIT")
-        raw = (await conn.get_raw_connection()).driver_connection
+    conn, raw = await _begin_scoped(app.state.engine, tenant)
+    try:
+        async with factory(bind=conn) as session:
+            yield session
+            await raw.execute("COMMIT")
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError):
+        # The driver lost track of the connection (e.g. the server dropped it): never reuse it.
+        await conn.invalidate()
+        raise
+    finally:
         try:
-            await raw.execute(f"BEGIN; SELECT set_config('{TENANT_SETTING}', '{tenant}', true)")
-            async with factory(bind=conn) as session:
-                yield session
-                await raw.execute("COMMIT")
-        except (asyncpg.InterfaceError, asyncpg.InternalClientError):
-            # The driver lost track of the connection (e.g. the server dropped it): never reuse it.
-            await conn.invalidate()
-            raise
-        finally:
             if not conn.invalidated:
                 await _hand_back_clean(conn, raw)
+        finally:
+            await conn.close()
+
+
+# What a pooled connection the server has closed since its last use raises on its first statement
+# (restart, failover, an idle timeout, pg_terminate_backend).
+_DEAD_CONNECTION = (
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    ConnectionError,
+)
+
+
+async def _begin_scoped(engine: AsyncEngine, tenant: str) -> tuple[AsyncConnection, asyncpg.Connection]:
+    """A pooled connection on which a transaction scoped to `tenant` is open.
+
+    If the pooled connection turns out dead, nothing has run on it yet, so the transaction is
+    opened again on a new one instead of failing the request (with the pool's pre-ping off,
+    that is how a restarted database is noticed). The whole pool is replaced then: after a
+    restart every pooled connection is dead, and each would fail a request in turn.
+    """
+    for attempt in (1, 2):
+        conn = await engine.connect().start()
+        raw = None
+        try:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            raw = (await conn.get_raw_connection()).driver_connection
+            await raw.execute(f"BEGIN; SELECT set_config('{TENANT_SETTING}', '{tenant}', true)")
+            return conn, raw
+        except _DEAD_CONNECTION as exc:
+            await conn.invalidate()
+            await conn.close()
+            if attempt == 2:
+                raise
+            log.warning("database_connection_lost", error=repr(exc))
+            await engine.dispose()
+        except BaseException:
+            try:
+                if raw is not None and not conn.invalidated:
+                    await _hand_back_clean(conn, raw)
+            finally:
+                await conn.close()
+            raise
+    raise AssertionError("unreachable")
 
 
 async def _hand_back_clean(conn: AsyncConnection, raw: asyncpg.Connection) -> None:
