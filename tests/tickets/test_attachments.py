@@ -525,12 +525,18 @@ async def test_sweep_pages_through_an_s3_bucket(infra, admin_db):
         assert object_keys(s3) == [f"attachments/{tenant}/{ticket_id}/{kept_id}"]
 
 
-async def test_one_process_sweeps_at_a_time(infra, admin_db, tmp_path):
+async def _orphaned_file(admin_db, directory: Path) -> tuple[str, str, Path]:
+    """(tenant, ticket id, path) of a stored file whose attachment row never committed."""
     tenant = unique_tenant()
     ticket_id = await create_ticket(admin_db, tenant)
-    orphan = tmp_path / tenant / ticket_id / str(uuid.uuid4())
+    orphan = directory / tenant / ticket_id / str(uuid.uuid4())
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"left behind by a crash")
+    return tenant, ticket_id, orphan
+
+
+async def test_one_process_sweeps_at_a_time(infra, admin_db, tmp_path):
+    tenant, ticket_id, orphan = await _orphaned_file(admin_db, tmp_path)
     engine = create_engine(settings_for(infra, Settings, "tickets"))
     later = datetime.now(UTC) + timedelta(days=2)
     try:
@@ -559,11 +565,7 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def test_the_service_sweeps_on_its_own(infra, admin_db, tmp_path):
-    tenant = unique_tenant()
-    ticket_id = await create_ticket(admin_db, tenant)
-    orphan = tmp_path / tenant / ticket_id / str(uuid.uuid4())
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"left behind by a crash")
+    _, _, orphan = await _orphaned_file(admin_db, tmp_path)
     two_days_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
     os.utime(orphan, (two_days_ago, two_days_ago))
     settings = settings_for(
