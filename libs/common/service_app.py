@@ -52,25 +52,14 @@ class ServiceDefinition:
     background_jobs: list[Callable[[FastAPI, asyncio.Event], Awaitable[None]]] = field(default_factory=list)
 
 
-# Container allocations (net) between young-generation collections; CPython's default is 700.
-# Reference counting frees nearly everything a request allocates, so the collector mostly walks
-# live objects: at 700 a list page of 50 tickets set it off every 4-5 requests (3 % of the
-# service's CPU, and a 5-10 ms full collection about every second); at 10,000, 2,000 list
-# requests took 2 collections (8 ms in all) and no full one.
-GC_YOUNG_THRESHOLD = 10_000
-
-
 def freeze_long_lived_objects() -> None:
     """Call at the end of start-up: what exists then lives as long as the process.
 
     Frozen, the garbage collector stops walking it on every full collection; those pauses were
-    most of the p99 under load (gateway: 90 ms -> 23 ms at 32 clients). Collections of what
-    requests leave behind are made rarer too (GC_YOUNG_THRESHOLD).
+    most of the p99 under load (gateway: 90 ms -> 23 ms at 32 clients).
     """
     gc.collect()
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def connect_nats(settings: CommonSettings, name: str) -> NATS:

@@ -1,14 +1,12 @@
 """Shared HTTP behaviour: problems, request ids, metrics, health, role isolation."""
 
-import gc
-
 import asyncpg
 import pytest
 from fastapi import APIRouter, Request
 from sqlalchemy import text
 
 from libs.common.db import SessionDep, create_engine, plain_dsn
-from libs.common.service_app import GC_YOUNG_THRESHOLD, ServiceDefinition, create_service_app
+from libs.common.service_app import ServiceDefinition, create_service_app
 from libs.common.settings import CommonSettings
 from tests.conftest import app_client, auth_headers, settings_for
 
@@ -46,11 +44,6 @@ async def client(infra):
     app = create_service_app(ServiceDefinition(name="probe", settings=settings, routers=[router]))
     async with app_client(app) as client:
         yield client
-
-
-async def test_start_up_freezes_long_lived_objects_and_makes_young_collections_rarer(client):
-    assert gc.get_freeze_count() > 0
-    assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
 
 
 async def test_unknown_error_is_a_500_problem_without_internals(client):
