@@ -173,7 +173,7 @@ class OutboxRelay:
                 )
                 acks.append(ack)
             async with asyncio.timeout(PUBLISH_ACK_TIMEOUT_S):
-                for row, ack in zip(rows, acks, strict=False):
+                for row, ack in zip(rows, acks, strict=True):
                     if (await ack).duplicate:
                         log.info("outbox_duplicate_suppressed", event_id=str(row.event_id))
                     published.append(row.id)

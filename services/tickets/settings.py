@@ -46,7 +46,7 @@ class Settings(CommonSettings):
     blob_store: Literal["local", "s3"] = "local"
     blob_local_dir: str = ".helpdesk/blobs"
     # Blobs without an attachment row (a process died between storing a file and committing its
-    # row) are deleted once older than the grace period; every worker sweeps this often.
+    # row) are deleted once older than the grace period; one process at a time sweeps this often.
     blob_sweep_interval_s: float = Field(default=3600.0, gt=0)
     blob_orphan_grace_s: float = Field(default=86400.0, ge=3600)
     # None means AWS (https://s3.<region>.amazonaws.com); set it for MinIO, Ceph and others.

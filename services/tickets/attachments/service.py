@@ -133,7 +133,8 @@ def _store_unavailable(exc: BlobStoreError) -> ProblemError:
     )
 
 
-async def _require_visible_ticket(session: AsyncSession, identity: Identity, ticket_id: UUID) -> None:
+async def require_visible_ticket(session: AsyncSession, identity: Identity, ticket_id: UUID) -> None:
+    """A 404 problem unless the caller may see the ticket."""
     if not await repository.ticket_is_visible(
         session, identity.tenant, ticket_id, own_requester_id(identity)
     ):
@@ -169,11 +170,6 @@ async def _check_comment(
                 {"field": "comment_id", "message": "no such comment on this ticket", "type": "not_found"}
             ],
         )
-
-
-async def require_visible_ticket(session: AsyncSession, identity: Identity, ticket_id: UUID) -> None:
-    """A 404 problem unless the caller may see the ticket."""
-    await _require_visible_ticket(session, identity, ticket_id)
 
 
 async def add_attachment(
@@ -212,7 +208,7 @@ async def add_attachment(
         comment_id = _parse_comment_id(fields.get("comment_id"))
         async with transaction() as session:  # committed before the blob counts as kept
             # Again: the ticket may have been deleted while the file streamed.
-            await _require_visible_ticket(session, identity, ticket_id)
+            await require_visible_ticket(session, identity, ticket_id)
             if comment_id is not None:
                 await _check_comment(session, identity, ticket_id, comment_id)
             return await repository.insert_attachment(
@@ -243,7 +239,7 @@ async def list_attachments(
     limit: int,
     after: tuple[datetime, UUID] | None,
 ) -> list[dict[str, Any]]:
-    await _require_visible_ticket(session, identity, ticket_id)
+    await require_visible_ticket(session, identity, ticket_id)
     return await repository.list_attachments(
         session,
         identity.tenant,
@@ -258,7 +254,7 @@ async def get_attachment(
     session: AsyncSession, identity: Identity, ticket_id: UUID, attachment_id: UUID
 ) -> dict[str, Any]:
     """The attachment's row (with its storage key) if the caller may see it, else a 404 problem."""
-    await _require_visible_ticket(session, identity, ticket_id)
+    await require_visible_ticket(session, identity, ticket_id)
     row = await repository.get_attachment(
         session, identity.tenant, ticket_id, attachment_id, public_only=not is_staff(identity)
     )
