@@ -149,11 +149,11 @@ tickets = Table(
     # Search (migrations 0003, 0005): words + Hangul bigrams per tenant; trigrams for duplicate hints.
     Index("ix_tickets_tenant_id_search_vector", "tenant_id", "search_vector", postgresql_using="gin"),
     Index("ix_tickets_search_trgm", text(f"{TICKET_TEXT} public.gin_trgm_ops"), postgresql_using="gin"),
-    # SLA breach scan (migration 0004): only tickets whose breach is still to be announced.
+    # SLA breach scan (migrations 0004, 0007): only tickets whose breach is still to be announced.
     Index(
         "ix_tickets_sla_first_response_scan",
-        "tenant_id",
         "first_response_due_at",
+        "tenant_id",
         postgresql_where=text(
             "first_response_due_at IS NOT NULL AND first_responded_at IS NULL "
             "AND first_response_breached_at IS NULL AND sla_paused_at IS NULL AND deleted_at IS NULL "
@@ -162,8 +162,8 @@ tickets = Table(
     ),
     Index(
         "ix_tickets_sla_resolution_scan",
-        "tenant_id",
         "due_at",
+        "tenant_id",
         postgresql_where=text(
             "due_at IS NOT NULL AND resolution_breached_at IS NULL AND sla_paused_at IS NULL "
             "AND deleted_at IS NULL AND status_category NOT IN ('resolved', 'closed')"

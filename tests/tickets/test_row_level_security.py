@@ -254,6 +254,7 @@ async def test_every_tenant_table_forces_row_level_security_with_the_tenant_poli
            FROM pg_class c
            JOIN pg_namespace n ON n.oid = c.relnamespace
            LEFT JOIN pg_policies p ON p.schemaname = n.nspname AND p.tablename = c.relname
+                AND p.policyname <> 'sla_breach_scan'
            WHERE n.nspname = 'tickets' AND c.relname = ANY($1::text[])
            GROUP BY c.relname, c.relrowsecurity, c.relforcerowsecurity""",
         TENANT_TABLES,
@@ -267,6 +268,15 @@ async def test_every_tenant_table_forces_row_level_security_with_the_tenant_poli
         "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'tickets.tenants'::regclass"
     )
     assert registry["relrowsecurity"] and registry["relforcerowsecurity"]
+    # The one other policy lets the table's owner (the migration role, which the SLA scan's
+    # function runs as) read tickets; the service role is not among its roles.
+    [owner_policy] = await service_conn.fetch(
+        "SELECT p.cmd, p.roles, pg_get_userbyid(c.relowner) AS owner FROM pg_policies p"
+        " JOIN pg_class c ON c.oid = 'tickets.tickets'::regclass"
+        " WHERE p.schemaname = 'tickets' AND p.policyname = 'sla_breach_scan'"
+    )
+    assert owner_policy["cmd"] == "SELECT" and owner_policy["roles"] == [owner_policy["owner"]]
+    assert await service_conn.fetchval("SELECT current_user") != owner_policy["owner"]
 
 
 async def test_every_table_with_a_tenant_column_is_classified(service_conn):
@@ -280,13 +290,19 @@ async def test_every_table_with_a_tenant_column_is_classified(service_conn):
     assert tables - {"tenants"} - INFRASTRUCTURE_TABLES == set(TENANT_TABLES)
 
 
-async def test_no_function_in_the_schema_runs_with_its_owners_rights(service_conn):
-    # A SECURITY DEFINER function owned by the migration role would bypass every policy.
+async def test_no_function_in_the_schema_runs_with_its_owners_rights_but_the_sla_scans(service_conn):
+    # A SECURITY DEFINER function owned by the migration role reads past every policy. The SLA
+    # scan's one returns tenant slugs only (which tickets.tenants shows the service anyway).
     definers = await service_conn.fetch(
-        "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        "SELECT p.proname, pg_get_function_result(p.oid) AS result, p.proconfig"
+        " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
         " WHERE n.nspname = 'tickets' AND p.prosecdef"
     )
-    assert definers == []
+    assert [(row["proname"], row["result"]) for row in definers] == [
+        ("tenants_with_due_sla_breaches", "SETOF text")
+    ]
+    # A fixed search path, so no caller's objects can stand in for the ones it means.
+    assert definers[0]["proconfig"] == ["search_path=pg_catalog, pg_temp"]
 
 
 # -- pooled connections ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.db import fetch_all, rows_as_dicts
-from services.tickets.models import sla_policies, tenant_settings, tenants, tickets
+from services.tickets.models import sla_policies, tenant_settings, tickets
 
 POLICY_COLUMNS = [
     sla_policies.c.priority,
@@ -112,9 +112,12 @@ async def upsert_calendar(
     return rows_as_dicts(await session.execute(statement))[0]
 
 
-async def list_tenants(session: AsyncSession) -> list[str]:
-    """Every tenant slug (tickets.tenants is readable without a tenant scope)."""
-    result = await session.execute(select(tenants.c.tenant_id).order_by(tenants.c.tenant_id))
+async def tenants_with_due_breaches(session: AsyncSession, now: datetime) -> list[str]:
+    """The tenants with a breach to announce at `now`, in one query over every tenant's deadlines
+    (migration 0007's function; a transaction scoped to no tenant sees no tickets itself)."""
+    result = await session.execute(
+        text("SELECT tickets.tenants_with_due_sla_breaches(:now) AS tenant_id ORDER BY 1"), {"now": now}
+    )
     return list(result.scalars())
 
 

@@ -1,7 +1,8 @@
 """The SLA breach scheduler: a background job of the tickets service, safe in every replica.
 
-Each scan walks the tenants; per tenant one transaction marks the breaching tickets (claimed
-with FOR UPDATE SKIP LOCKED) and writes their `ticket.sla_breached` outbox rows, so a breach is
+Each scan asks which tenants have breaches due (one query over partial indexes, however many
+tenants there are); per such tenant one transaction marks the breaching tickets (claimed with
+FOR UPDATE SKIP LOCKED) and writes their `ticket.sla_breached` outbox rows, so a breach is
 announced exactly once however many replicas scan at the same time.
 """
 
@@ -37,9 +38,9 @@ async def scan_tenant(factory: async_sessionmaker[AsyncSession], tenant: str, ba
 async def scan_once(
     factory: async_sessionmaker[AsyncSession], batch_size: int, stop: asyncio.Event | None = None
 ) -> int:
-    """One pass over every tenant; a failing tenant is logged and the pass goes on."""
+    """One pass over the tenants with breaches due; a failing tenant is logged and the pass goes on."""
     async with factory() as session, session.begin():
-        tenants = await repository.list_tenants(session)
+        tenants = await repository.tenants_with_due_breaches(session, datetime.now(UTC))
     total = 0
     for tenant in tenants:
         if stop is not None and stop.is_set():
