@@ -154,6 +154,7 @@ async def drive_load(
 ) -> dict[str, Any]:
     """Run `concurrency` clients for `warmup` + `seconds`; stats of requests that completed in the window."""
     latencies_ms: list[float] = []
+    by_request: dict[str, list[float]] = {"list": [], "create": []}
     errors: Counter[str] = Counter()
     first_detail: dict[str, str] = {}
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -168,9 +169,9 @@ async def drive_load(
         measure_from = time.perf_counter() + warmup
         stop_at = measure_from + seconds
 
-        async def one_request(client: int, n: int) -> str | None:
+        async def one_request(client: int, n: int, create: bool) -> str | None:
             """Send request number `n` of `client`; None on success, else a short error kind."""
-            method = "POST" if (client + n) % POST_EVERY == 0 else "GET"
+            method = "POST" if create else "GET"
             try:
                 if method == "POST":
                     data = ticket_body(f"{pid}-{client}-{n}", n)
@@ -192,10 +193,13 @@ async def drive_load(
         async def client(index: int) -> None:
             n = 0
             while (started := time.perf_counter()) < stop_at:
-                error = await one_request(index, n)
+                create = (index + n) % POST_EVERY == 0
+                error = await one_request(index, n, create)
                 ended = time.perf_counter()
                 if measure_from <= ended <= stop_at:
-                    latencies_ms.append((ended - started) * 1000)
+                    latency_ms = (ended - started) * 1000
+                    latencies_ms.append(latency_ms)
+                    by_request["create" if create else "list"].append(latency_ms)
                     if error:
                         errors[error] += 1
                 n += 1
@@ -204,6 +208,12 @@ async def drive_load(
 
     stats = summarize(latencies_ms, sum(errors.values()), seconds)
     stats["error_kinds"] = [f"{count}x {kind}: {first_detail[kind]}" for kind, count in errors.most_common(5)]
+    # Which requests make the tail: p50/p99 of lists and of creates on their own.
+    stats["by_request"] = {
+        name: {key: summary[key] for key in ("count", "p50_ms", "p99_ms")}
+        for name, values in by_request.items()
+        for summary in [summarize(values, 0, seconds)]
+    }
     return stats
 
 
@@ -310,9 +320,11 @@ def describe_phase(name: str, stats: dict[str, Any]) -> str:
     def ms(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.1f} ms"
 
+    lists, creates = stats["by_request"]["list"], stats["by_request"]["create"]
     return (
         f"{name:>7}: {stats['count']} requests, {stats['rps']:.1f} rps, p50 {ms(stats['p50_ms'])}, "
-        f"p95 {ms(stats['p95_ms'])}, p99 {ms(stats['p99_ms'])}, {stats['errors']} errors"
+        f"p95 {ms(stats['p95_ms'])}, p99 {ms(stats['p99_ms'])}, {stats['errors']} errors "
+        f"(p99 of lists {ms(lists['p99_ms'])}, of creates {ms(creates['p99_ms'])})"
     )
 
 

@@ -1,11 +1,13 @@
-"""Statistics of the tickets API benchmark (bench/tickets_api.py): pure functions, no servers."""
+"""Statistics and load loop of the tickets API benchmark (bench/tickets_api.py)."""
 
+import asyncio
 import json
 import statistics
 
 import pytest
+from aiohttp import web
 
-from bench.tickets_api import BenchError, compare, load_stack, percentile, summarize, ticket_body
+from bench.tickets_api import BenchError, compare, drive_load, load_stack, percentile, summarize, ticket_body
 
 
 @pytest.mark.parametrize(
@@ -115,3 +117,35 @@ def test_load_stack_prefers_the_environment_password(tmp_path, monkeypatch):
 def test_load_stack_without_stack_file_says_to_start_the_stack(tmp_path):
     with pytest.raises(BenchError, match="make up"):
         load_stack(tmp_path / "stack.json")
+
+
+async def test_the_load_mix_is_reported_per_request_kind():
+    """drive_load against a real local server whose creates are slower than its lists."""
+    seen_auth = set()
+
+    async def list_tickets(request: web.Request) -> web.Response:
+        seen_auth.add(request.headers["Authorization"])
+        return web.json_response({"items": []})
+
+    async def create_ticket(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(0.02)
+        return web.json_response({"id": "x"}, status=201)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/tickets", list_tickets)
+    app.router.add_post("/api/v1/tickets", create_ticket)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        stats = await drive_load(f"http://127.0.0.1:{port}", "tok", seconds=0.6, concurrency=5, warmup=0.1)
+    finally:
+        await runner.cleanup()
+    lists, creates = stats["by_request"]["list"], stats["by_request"]["create"]
+    assert stats["errors"] == 0 and seen_auth == {"Bearer tok"}
+    assert lists["count"] + creates["count"] == stats["count"]
+    assert 2 * creates["count"] < lists["count"]  # one request in five is a create
+    assert creates["p50_ms"] >= 20 > lists["p50_ms"]
