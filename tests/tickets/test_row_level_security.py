@@ -15,10 +15,19 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import asyncpg
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 
-from libs.common.db import create_engine, create_session_factory, plain_dsn, set_tenant, tenant_transaction
+from libs.common.db import (
+    SessionDep,
+    create_engine,
+    create_session_factory,
+    plain_dsn,
+    set_tenant,
+    transaction,
+)
 from libs.common.stack import SERVICES
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
@@ -435,17 +444,20 @@ async def test_rows_with_an_empty_tenant_id_stay_invisible_after_a_scope_ends(
         await admin_fetch(infra, "DELETE FROM tickets.categories WHERE tenant_id = ''")
 
 
-async def test_a_transaction_opens_on_a_new_connection_when_the_pooled_ones_died(two_tenants, infra):
+@pytest.mark.parametrize("scoped", [True, False], ids=["tenant", "unscoped"])
+async def test_a_transaction_opens_on_a_new_connection_when_the_pooled_ones_died(two_tenants, infra, scoped):
     """After a database restart every pooled connection is dead. The first statement finds that
     out, nothing has run yet, so the request goes on on a new connection (and the pool is
-    renewed) instead of failing with a 503."""
+    renewed) instead of failing with a 503. The same for tenant-scoped requests and the
+    unscoped ones (`get_session`: logins, dashboards, dead letters)."""
     engine = create_engine(settings_for(infra, Settings, "tickets"), pool_size=3, max_overflow=0)
     app = SimpleNamespace(
         state=SimpleNamespace(engine=engine, session_factory=create_session_factory(engine))
     )
+    tenant = two_tenants.a if scoped else None
 
     async def backend_pid(hold_s: float = 0.0) -> int:
-        async with tenant_transaction(app, two_tenants.a) as session:
+        async with transaction(app, tenant) as session:
             await asyncio.sleep(hold_s)
             return (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
 
@@ -468,6 +480,35 @@ async def test_a_transaction_opens_on_a_new_connection_when_the_pooled_ones_died
         await engine.dispose()
 
 
+async def test_an_unscoped_request_session_survives_dead_pooled_connections(infra):
+    """`SessionDep` endpoints (logins, dashboards) get the same retry as tenant requests."""
+    engine = create_engine(settings_for(infra, Settings, "tickets"), pool_size=2, max_overflow=0)
+    app = FastAPI()
+    app.state.engine, app.state.session_factory = engine, create_session_factory(engine)
+
+    @app.get("/pid")
+    async def backend_pid(session: SessionDep) -> int:
+        return (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as client:
+            pooled = (await client.get("/pid")).json()
+            await admin_fetch(infra, "SELECT pg_terminate_backend($1)", pooled)
+            await wait_until(
+                lambda: _no_backend(infra, pooled),
+            )
+            response = await client.get("/pid")
+            assert response.status_code == 200 and response.json() != pooled
+    finally:
+        await engine.dispose()
+
+
+async def _no_backend(infra, pid: int) -> bool:
+    return not await admin_fetch(infra, "SELECT 1 FROM pg_stat_activity WHERE pid = $1", pid)
+
+
 async def test_a_cancelled_request_transaction_stays_cancelled_and_leaves_the_pool_clean(two_tenants, infra):
     settings = settings_for(infra, Settings, "tickets")
     engine = create_engine(settings, pool_size=1, max_overflow=0)
@@ -477,7 +518,7 @@ async def test_a_cancelled_request_transaction_stays_cancelled_and_leaves_the_po
     started = asyncio.Event()
 
     async def slow_request() -> None:
-        async with tenant_transaction(app, two_tenants.a) as session:
+        async with transaction(app, two_tenants.a) as session:
             await session.execute(text("UPDATE tickets.tickets SET subject = 'changed'"))
             started.set()
             await session.execute(text("SELECT pg_sleep(10)"))
@@ -491,7 +532,7 @@ async def test_a_cancelled_request_transaction_stays_cancelled_and_leaves_the_po
             await asyncio.wait_for(task, 5)
         # The pool's one connection (or its replacement) serves the next transaction, and the
         # cancelled one's write is gone.
-        async with tenant_transaction(app, two_tenants.a) as session:
+        async with transaction(app, two_tenants.a) as session:
             subjects = (await session.execute(text("SELECT subject FROM tickets.tickets"))).scalars().all()
         assert subjects and "changed" not in subjects
     finally:

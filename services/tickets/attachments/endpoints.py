@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from libs.common.auth import IdentityDep
-from libs.common.db import TenantSessionDep, tenant_transaction
+from libs.common.db import TenantSessionDep, transaction
 from libs.common.errors import ProblemError
 from libs.common.pagination import CursorQuery, LimitQuery, Page, decode_time_cursor, time_page
 from libs.common.responses import FastJSONResponse
@@ -127,7 +127,7 @@ async def upload_attachment(
             max_bytes=limits.max_bytes,
         )
     # Short transactions before and after the body, none while it streams.
-    async with tenant_transaction(request.app, identity.tenant) as session:
+    async with transaction(request.app, identity.tenant) as session:
         await service.require_visible_ticket(session, identity, ticket_id)
     form = MultipartStream(_request_body(request), boundary, max_body_bytes=max_body_bytes)
     upload = await form.next_file()
@@ -140,7 +140,7 @@ async def upload_attachment(
             errors=[{"field": "file", "message": "a file is required", "type": "missing"}],
         )
     attachment = await service.add_attachment(
-        lambda: tenant_transaction(request.app, identity.tenant), identity, store, limits, ticket_id, upload
+        lambda: transaction(request.app, identity.tenant), identity, store, limits, ticket_id, upload
     )
     return FastJSONResponse(
         attachment, status_code=201, headers={"Location": _location(ticket_id, attachment["id"])}
