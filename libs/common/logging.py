@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
@@ -40,4 +41,5 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "auto") -> N
     root.setLevel(level.upper())
     # Access logs are replaced by our own request log line; nats reconnect chatter stays at WARNING.
     logging.getLogger("uvicorn.access").disabled = True
-    structlog.contextvars.bind_contextvars(service=service)
+    # pid: which worker of a multi-worker service wrote the line.
+    structlog.contextvars.bind_contextvars(service=service, pid=os.getpid())

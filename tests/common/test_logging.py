@@ -1,0 +1,41 @@
+"""The shared log setup: one JSON object per line, with the context every line needs."""
+
+import json
+import logging
+import os
+
+import pytest
+import structlog
+
+from libs.common.logging import configure_logging
+
+
+@pytest.fixture(autouse=True)
+def restore_logging_config():
+    """configure_logging sets process-wide state; later tests get it back as it was."""
+    config, root = structlog.get_config(), logging.getLogger()
+    handlers, level, context = root.handlers[:], root.level, structlog.contextvars.get_contextvars()
+    yield
+    structlog.configure(**config)
+    root.handlers[:], root.level = handlers, level
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(**context)
+
+
+def test_json_lines_carry_service_worker_level_time_and_bound_context(capsys):
+    configure_logging("tickets", level="INFO", fmt="json")
+    try:
+        structlog.contextvars.bind_contextvars(request_id="req-42")
+        structlog.get_logger().info("ticket_created", ticket_id="t-1", subject="엘리베이터 고장")
+        structlog.get_logger().debug("not_shown_at_info")
+        logging.getLogger("some.library").warning("from stdlib %s", "logging")
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert first["event"] == "ticket_created" and first["subject"] == "엘리베이터 고장"
+    assert first["service"] == "tickets" and first["pid"] == os.getpid()
+    assert first["level"] == "info" and first["request_id"] == "req-42"
+    assert first["timestamp"].endswith("Z")
+    # Libraries logging through the standard library come out in the same shape.
+    assert second["event"] == "from stdlib logging" and second["level"] == "warning"
+    assert second["service"] == "tickets"
