@@ -8,6 +8,7 @@ from sqlalchemy import (
     Computed,
     Date,
     DateTime,
+    Double,
     Index,
     Integer,
     SmallInteger,
@@ -84,6 +85,9 @@ tickets = Table(
     Column("closed_at", DateTime(timezone=True)),
     # Set while the SLA clock is stopped (pending, when the policy says so).
     Column("sla_paused_at", DateTime(timezone=True)),
+    # Business minutes the clock stood still in pauses that ended: the credit a recomputed
+    # deadline keeps (migration 0008).
+    Column("sla_paused_minutes", Double, nullable=False, server_default=text("0")),
     # When the scheduler announced each breach; set once, so a breach is announced once.
     Column("first_response_breached_at", DateTime(timezone=True)),
     Column("resolution_breached_at", DateTime(timezone=True)),

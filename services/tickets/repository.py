@@ -42,7 +42,13 @@ from services.tickets.models import (
     tickets,
 )
 
-# Every column a client sees (TicketRead); internal ones (tenant_id, priority_rank, breach marks) stay in.
+# The SLA bookkeeping a change needs but clients never see: breach marks and the pause credit.
+SLA_STATE_COLUMNS = [
+    tickets.c.first_response_breached_at,
+    tickets.c.resolution_breached_at,
+    tickets.c.sla_paused_minutes,
+]
+# Every column a client sees (TicketRead); internal ones (tenant_id, priority_rank, SLA state) stay in.
 TICKET_COLUMNS = [
     column
     for column in tickets.c
@@ -50,14 +56,12 @@ TICKET_COLUMNS = [
     not in {
         "tenant_id",
         "priority_rank",
-        "first_response_breached_at",
-        "resolution_breached_at",
         "search_terms",
         "search_vector",
+        *(column.name for column in SLA_STATE_COLUMNS),
     }
 ]
 TICKET_COLUMN_NAMES = [column.name for column in TICKET_COLUMNS]
-BREACH_COLUMNS = [tickets.c.first_response_breached_at, tickets.c.resolution_breached_at]
 
 
 def client_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -394,11 +398,40 @@ async def get_ticket(session: AsyncSession, tenant_id: str, ticket_id: UUID | st
 async def lock_tickets(session: AsyncSession, tenant_id: str, ticket_ids: list[UUID]) -> list[dict[str, Any]]:
     """Rows locked for update (in id order, so concurrent bulk updates cannot deadlock).
 
-    They include the SLA breach marks (not shown to clients) so a change can clear them.
+    They include the SLA state (not shown to clients) so a change can clear breach marks and
+    keep the pause credit.
     """
     query = (
-        select(*TICKET_COLUMNS, *BREACH_COLUMNS)
+        select(*TICKET_COLUMNS, *SLA_STATE_COLUMNS)
         .where(tickets.c.tenant_id == tenant_id, tickets.c.id.in_(ticket_ids))
+        .order_by(tickets.c.id)
+        .with_for_update()
+    )
+    return [_plain(row) for row in rows_as_dicts(await session.execute(query))]
+
+
+def _open_tickets_of(tenant_id: str, priorities: list[str]) -> ColumnElement[bool]:
+    """The tenant's open (not resolved, closed or deleted) tickets of `priorities`."""
+    return and_(
+        tickets.c.tenant_id == tenant_id,
+        tickets.c.priority.in_(priorities),
+        tickets.c.status_category.not_in(["resolved", "closed"]),
+        tickets.c.deleted_at.is_(None),
+    )
+
+
+async def count_open_tickets(session: AsyncSession, tenant_id: str, priorities: list[str]) -> int:
+    query = select(func.count()).select_from(tickets).where(_open_tickets_of(tenant_id, priorities))
+    return (await session.execute(query)).scalar_one()
+
+
+async def lock_open_tickets(
+    session: AsyncSession, tenant_id: str, priorities: list[str]
+) -> list[dict[str, Any]]:
+    """Those tickets locked for update in id order, with their SLA state."""
+    query = (
+        select(*TICKET_COLUMNS, *SLA_STATE_COLUMNS)
+        .where(_open_tickets_of(tenant_id, priorities))
         .order_by(tickets.c.id)
         .with_for_update()
     )

@@ -452,6 +452,41 @@ async def bulk_update(session: AsyncSession, identity: Identity, data: BulkUpdat
     return results
 
 
+async def retarget_open_tickets(
+    session: AsyncSession, identity: Identity, priorities: list[str], *, max_tickets: int
+) -> int:
+    """After an admin changed SLA policies or the calendar (in this transaction): give the
+    tenant's open tickets of `priorities` the deadlines the current targets set, each change with
+    history and a `ticket.updated` event. Returns how many tickets changed. Deadlines count from
+    each ticket's creation, paused time credited; one now in the past is announced as a breach
+    by the next scan. More than `max_tickets` open tickets: a 409 problem, nothing changes."""
+    if not priorities:
+        return 0
+    tenant, now = identity.tenant, datetime.now(UTC)
+    concerned = await repository.count_open_tickets(session, tenant, priorities)
+    if concerned > max_tickets:
+        raise ProblemError(
+            409,
+            "Conflict",
+            f"{concerned} open tickets would get new deadlines, more than {max_tickets} in one change; "
+            "save it without apply_to_open_tickets (open tickets keep their deadlines)",
+            type_="https://helpdesk.dev/problems/too-many-tickets",
+            open_tickets=concerned,
+            max_tickets=max_tickets,
+        )
+    count = 0
+    for ticket in await repository.lock_open_tickets(session, tenant, priorities):
+        changes = await sla.current_deadline_changes(session, tenant, ticket, now)
+        if not changes:
+            continue
+        updated = await repository.update_ticket(
+            session, tenant, ticket["id"], {**changes, "updated_at": now}
+        )
+        await _announce_changes(session, identity, ticket, updated, changes, now)
+        count += 1
+    return count
+
+
 # -- comments ----------------------------------------------------------------------------------
 
 

@@ -37,6 +37,9 @@ class Settings(CommonSettings):
     # transaction marks (per kind) before committing and taking the next batch.
     sla_scan_interval_s: float = Field(default=15.0, gt=0)
     sla_scan_batch_size: int = Field(default=200, ge=1, le=5000)
+    # Open tickets one SLA change may move (`apply_to_open_tickets`): each is locked, updated and
+    # gets history and an event inside the admin's request transaction.
+    sla_retarget_max_tickets: int = Field(default=2000, ge=1)
 
     # Attachments: size limit per file and the media types accepted (exact, lowercase).
     attachments_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1)

@@ -8,7 +8,7 @@ import pytest
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
-from tests.tickets.helpers import create_ticket, patch_ticket
+from tests.tickets.helpers import TICKETS, add_comment, create_ticket, outbox_types, patch_ticket
 
 POLICIES = "/api/v1/tickets/sla/policies"
 CALENDAR = "/api/v1/tickets/sla/calendar"
@@ -163,13 +163,18 @@ async def test_calendar_defaults_then_round_trips_normalised(tickets, infra):
         "business_hours": {"mon": [["09:00", "12:00"], ["13:00", "18:00"]], "fri": [["09:00", "18:00"]]},
         "holidays": ["2025-03-03", "2025-10-03"],
     }
-    assert saved.json() == expected
+    assert saved.json() == {**expected, "open_tickets_updated": 0}
     assert (await tickets.get(CALENDAR, headers=agent(infra, tenant))).json() == expected
 
     cleared = await tickets.put(
         CALENDAR, json={"time_zone": "America/New_York"}, headers=admin(infra, tenant)
     )
-    assert cleared.json() == {"time_zone": "America/New_York", "business_hours": {}, "holidays": []}
+    assert cleared.json() == {
+        "time_zone": "America/New_York",
+        "business_hours": {},
+        "holidays": [],
+        "open_tickets_updated": 0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -226,3 +231,161 @@ async def test_ticket_api_applies_policies_pauses_and_resumes(tickets, infra):
         ticket["first_response_due_at"]
     )
     assert first_pushed == pushed
+
+
+async def _read(tickets, headers, ticket) -> dict:
+    response = await tickets.get(f"{TICKETS}/{ticket['id']}", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _minutes_after_creation(ticket: dict, column: str) -> float | None:
+    if ticket[column] is None:
+        return None
+    delta = datetime.fromisoformat(ticket[column]) - datetime.fromisoformat(ticket["created_at"])
+    return delta.total_seconds() / 60
+
+
+async def test_a_changed_policy_moves_open_tickets_only_when_asked(tickets, infra):
+    tenant = unique_tenant()
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    await tickets.put(f"{POLICIES}/urgent", json=URGENT, headers=boss)
+    open_ticket = await create_ticket(tickets, staff, priority="urgent")
+    requester = auth_headers(infra, tenant, ["requester"], "req-1")
+    answered = await create_ticket(tickets, requester)
+    answered = (await patch_ticket(tickets, staff, answered, priority="urgent")).json()
+    await add_comment(tickets, staff, answered["id"], "On our way to floor 3.")
+    resolved = await create_ticket(tickets, staff, priority="urgent")
+    assert (await patch_ticket(tickets, staff, resolved, status="resolved")).status_code == 200
+    other_priority = await create_ticket(tickets, staff, priority="low")
+
+    # By default the new targets are for tickets to come.
+    slower = {**URGENT, "first_response_minutes": 30, "resolution_minutes": 480}
+    kept = await tickets.put(f"{POLICIES}/urgent", json=slower, headers=boss)
+    assert kept.status_code == 200 and kept.json()["open_tickets_updated"] == 0
+    assert _minutes_after_creation(await _read(tickets, staff, open_ticket), "due_at") == 240
+
+    applied = await tickets.put(
+        f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=slower, headers=boss
+    )
+    assert applied.status_code == 200, applied.text
+    assert applied.json()["open_tickets_updated"] == 2
+    assert applied.json()["resolution_minutes"] == 480
+
+    moved = await _read(tickets, staff, open_ticket)
+    assert _minutes_after_creation(moved, "first_response_due_at") == 30
+    assert _minutes_after_creation(moved, "due_at") == 480
+    assert moved["version"] == open_ticket["version"] + 1
+    # A first response already given keeps the target it met.
+    met = await _read(tickets, staff, answered)
+    assert met["first_response_due_at"] == answered["first_response_due_at"]
+    assert _minutes_after_creation(met, "due_at") == 480
+    assert (await _read(tickets, staff, resolved))["due_at"] == resolved["due_at"]
+    assert (await _read(tickets, staff, other_priority))["due_at"] is None
+
+    history = (await tickets.get(f"{TICKETS}/{open_ticket['id']}/history", headers=staff)).json()["items"]
+    entries = {entry["field"]: entry for entry in history if entry["field"].endswith("due_at")}
+    assert set(entries) == {"due_at", "first_response_due_at"}
+    assert entries["due_at"]["actor_id"] == "admin-1"
+    old, new = (datetime.fromisoformat(entries["due_at"][key]) for key in ("old_value", "new_value"))
+    assert (old, new) == (
+        datetime.fromisoformat(open_ticket["due_at"]),
+        datetime.fromisoformat(moved["due_at"]),
+    )
+    assert (await outbox_types(infra, open_ticket["id"]))[-1] == "helpdesk.tickets.ticket.updated.v1"
+
+    # The same targets again change nothing and record nothing.
+    again = await tickets.put(
+        f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=slower, headers=boss
+    )
+    assert again.json()["open_tickets_updated"] == 0
+    assert (await _read(tickets, staff, open_ticket))["version"] == moved["version"]
+
+
+async def test_a_deleted_policy_takes_open_tickets_deadlines_only_when_asked(tickets, infra):
+    tenant = unique_tenant()
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    await tickets.put(f"{POLICIES}/high", json=URGENT, headers=boss)
+    ticket = await create_ticket(tickets, staff, priority="high")
+    deleted = await tickets.delete(f"{POLICIES}/high", params={"apply_to_open_tickets": "1"}, headers=boss)
+    assert deleted.status_code == 204
+    cleared = await _read(tickets, staff, ticket)
+    assert cleared["due_at"] is None and cleared["first_response_due_at"] is None
+
+
+async def test_a_new_calendar_moves_business_hours_deadlines_when_asked(tickets, infra):
+    tenant = unique_tenant()
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    business = {"first_response_minutes": 60, "resolution_minutes": 120, "business_hours_only": True}
+    await tickets.put(f"{POLICIES}/medium", json=business, headers=boss)
+    await tickets.put(f"{POLICIES}/urgent", json=URGENT, headers=boss)  # round the clock
+    ticket = await create_ticket(tickets, staff, priority="medium")
+    round_the_clock = await create_ticket(tickets, staff, priority="urgent")
+    assert _minutes_after_creation(ticket, "due_at") == 120  # no business hours set yet
+
+    # Open only on a far-away weekday: every deadline moves to then.
+    hours = {"time_zone": "UTC", "business_hours": {"sun": [["09:00", "10:00"]]}}
+    if datetime.fromisoformat(ticket["created_at"]).weekday() == 6:
+        hours["business_hours"] = {"wed": [["09:00", "10:00"]]}
+    saved = await tickets.put(CALENDAR, params={"apply_to_open_tickets": "true"}, json=hours, headers=boss)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["open_tickets_updated"] == 1
+    moved = await _read(tickets, staff, ticket)
+    assert _minutes_after_creation(moved, "due_at") > 120
+    assert datetime.fromisoformat(moved["first_response_due_at"]).strftime("%H:%M") == "10:00"
+    assert (await _read(tickets, staff, round_the_clock))["due_at"] == round_the_clock["due_at"]
+
+
+async def test_apply_to_open_tickets_must_be_a_boolean(tickets, infra):
+    response = await tickets.put(
+        f"{POLICIES}/urgent",
+        params={"apply_to_open_tickets": "maybe"},
+        json=URGENT,
+        headers=admin(infra, unique_tenant()),
+    )
+    assert response.status_code == 422
+    assert "apply_to_open_tickets" in response.json()["detail"]
+
+
+async def test_retargeted_deadlines_keep_the_time_the_clock_was_paused(tickets, infra):
+    tenant = unique_tenant()
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    pausing = {**URGENT, "pause_while_pending": True}
+    await tickets.put(f"{POLICIES}/urgent", json=pausing, headers=boss)
+    ticket = await create_ticket(tickets, staff, priority="urgent")
+    paused = (await patch_ticket(tickets, staff, ticket, status="pending")).json()
+    await asyncio.sleep(0.3)
+    resumed = (await patch_ticket(tickets, staff, paused, status="open")).json()
+    credit = datetime.fromisoformat(resumed["due_at"]) - datetime.fromisoformat(ticket["due_at"])
+    assert credit >= timedelta(seconds=0.3)
+
+    slower = {**pausing, "resolution_minutes": 480}
+    await tickets.put(
+        f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=slower, headers=boss
+    )
+    moved = await _read(tickets, staff, ticket)
+    expected = datetime.fromisoformat(ticket["created_at"]) + timedelta(minutes=480) + credit
+    assert abs(datetime.fromisoformat(moved["due_at"]) - expected) < timedelta(milliseconds=1)
+
+
+async def test_too_many_open_tickets_to_move_is_a_409_and_nothing_changes(infra):
+    settings = settings_for(infra, Settings, "tickets", sla_scan_interval_s=3600, sla_retarget_max_tickets=2)
+    tenant = unique_tenant()
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    async with app_client(create_app(settings)) as client:
+        await client.put(f"{POLICIES}/urgent", json=URGENT, headers=boss)
+        created = [await create_ticket(client, staff, priority="urgent") for _ in range(3)]
+        slower = {**URGENT, "resolution_minutes": 480}
+        refused = await client.put(
+            f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=slower, headers=boss
+        )
+        assert refused.status_code == 409, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        problem = refused.json()
+        assert (problem["open_tickets"], problem["max_tickets"]) == (3, 2)
+        assert "apply_to_open_tickets" in problem["detail"]
+        # The policy change went with it: one transaction.
+        policies = (await client.get(POLICIES, headers=boss)).json()["items"]
+        assert policies[0]["resolution_minutes"] == 240
+        for ticket in created:
+            assert (await _read(client, staff, ticket))["due_at"] == ticket["due_at"]

@@ -53,6 +53,7 @@ def ticket(**overrides):
         "due_at": CREATED + timedelta(minutes=240),
         "first_responded_at": None,
         "sla_paused_at": None,
+        "sla_paused_minutes": 0.0,
         "first_response_breached_at": None,
         "resolution_breached_at": None,
     }
@@ -140,6 +141,7 @@ async def test_leaving_pending_pushes_open_deadlines_by_the_paused_time(tenant_s
     after = {**before, "status": "open", "status_category": "open"}
     assert await service.deadline_changes(session, tenant, before, after, now) == {
         "sla_paused_at": None,
+        "sla_paused_minutes": 90.0,
         "first_response_due_at": CREATED + timedelta(minutes=60 + 90),
         "due_at": CREATED + timedelta(minutes=240 + 90),
     }
@@ -148,7 +150,11 @@ async def test_leaving_pending_pushes_open_deadlines_by_the_paused_time(tenant_s
     changes = await service.deadline_changes(
         session, tenant, responded, {**responded, "status_category": "resolved"}, now
     )
-    assert changes == {"sla_paused_at": None, "due_at": CREATED + timedelta(minutes=240 + 90)}
+    assert changes == {
+        "sla_paused_at": None,
+        "sla_paused_minutes": 90.0,
+        "due_at": CREATED + timedelta(minutes=240 + 90),
+    }
 
 
 async def test_paused_time_outside_business_hours_is_not_credited(tenant_session):
@@ -168,7 +174,11 @@ async def test_paused_time_outside_business_hours_is_not_credited(tenant_session
     changes = await service.deadline_changes(
         session, tenant, before, {**before, "status_category": "in_progress"}, now
     )
-    assert changes == {"sla_paused_at": None, "due_at": datetime(2025, 3, 11, 17, 0, tzinfo=SEOUL)}
+    assert changes == {
+        "sla_paused_at": None,
+        "sla_paused_minutes": 120.0,
+        "due_at": datetime(2025, 3, 11, 17, 0, tzinfo=SEOUL),
+    }
     # Two more business hours from Tuesday 17:00 run into Wednesday.
     later = datetime(2025, 3, 10, 12, 0, tzinfo=SEOUL)
     changes = await service.deadline_changes(
@@ -184,7 +194,9 @@ async def test_priority_change_recomputes_from_creation_and_keeps_pause_credit(t
     now = CREATED + timedelta(minutes=100)
     # Earlier pauses pushed both deadlines by 30 minutes.
     before = ticket(
-        first_response_due_at=CREATED + timedelta(minutes=90), due_at=CREATED + timedelta(minutes=270)
+        first_response_due_at=CREATED + timedelta(minutes=90),
+        due_at=CREATED + timedelta(minutes=270),
+        sla_paused_minutes=30.0,
     )
     changes = await service.deadline_changes(session, tenant, before, {**before, "priority": "low"}, now)
     assert changes == {
@@ -239,12 +251,14 @@ async def test_priority_change_while_paused_then_resume_credits_both_pauses(tena
         sla_paused_at=paused_at,
         first_response_due_at=CREATED + timedelta(minutes=70),
         due_at=CREATED + timedelta(minutes=250),
+        sla_paused_minutes=10.0,
     )
     now = paused_at + timedelta(minutes=40)
     after = {**before, "priority": "urgent", "status_category": "open"}
     changes = await service.deadline_changes(session, tenant, before, after, now)
     assert changes == {
         "sla_paused_at": None,
+        "sla_paused_minutes": 50.0,
         "first_response_due_at": CREATED + timedelta(minutes=30 + 10 + 40),
         "due_at": CREATED + timedelta(minutes=120 + 10 + 40),
     }

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
 
 from libs.common.auth import IdentityDep, require_roles
 from libs.common.db import TenantSessionDep
+from services.tickets import service as tickets_service
 from services.tickets.schemas import Priority
 from services.tickets.sla import service
 from services.tickets.sla.schemas import (
+    CalendarPut,
     CalendarRead,
     CalendarWrite,
     SlaPolicyList,
-    SlaPolicyRead,
+    SlaPolicyPut,
     SlaPolicyWrite,
 )
 
@@ -20,6 +24,15 @@ router = APIRouter(prefix="/api/v1/tickets/sla", tags=["sla"])
 
 STAFF = require_roles("agent", "admin")
 ADMIN = require_roles("admin")
+ApplyToOpenTickets = Annotated[
+    bool,
+    Query(
+        description="Also move the deadlines of the open tickets concerned to the new targets (counted "
+        "from each ticket's creation, paused time still credited; each change in the ticket's history). "
+        "By default existing deadlines stay as they are. At most `HELPDESK_SLA_RETARGET_MAX_TICKETS` "
+        "(2000) tickets in one change: more is a 409 problem and nothing changes."
+    ),
+]
 
 
 @router.get("/policies", response_model=SlaPolicyList, dependencies=[STAFF])
@@ -28,13 +41,23 @@ async def list_policies(session: TenantSessionDep, identity: IdentityDep) -> dic
     return {"items": await service.list_policies(session, identity.tenant)}
 
 
-@router.put("/policies/{priority}", response_model=SlaPolicyRead, dependencies=[ADMIN])
+@router.put("/policies/{priority}", response_model=SlaPolicyPut, dependencies=[ADMIN])
 async def put_policy(
-    priority: Priority, data: SlaPolicyWrite, session: TenantSessionDep, identity: IdentityDep
+    request: Request,
+    priority: Priority,
+    data: SlaPolicyWrite,
+    session: TenantSessionDep,
+    identity: IdentityDep,
+    apply_to_open_tickets: ApplyToOpenTickets = False,
 ) -> dict:
     """Create or replace the policy of a priority (admins). Tickets created or re-prioritised
-    afterwards get deadlines from it; existing deadlines stay as they are."""
-    return await service.put_policy(session, identity.tenant, priority.value, data)
+    afterwards get deadlines from it; open ones too with `apply_to_open_tickets=true`."""
+    policy = await service.put_policy(session, identity.tenant, priority.value, data)
+    retarget = [priority.value] if apply_to_open_tickets else []
+    updated = await tickets_service.retarget_open_tickets(
+        session, identity, retarget, max_tickets=request.app.state.settings.sla_retarget_max_tickets
+    )
+    return {**policy, "open_tickets_updated": updated}
 
 
 @router.delete(
@@ -43,9 +66,20 @@ async def put_policy(
     dependencies=[ADMIN],
     response_class=Response,
 )
-async def delete_policy(priority: Priority, session: TenantSessionDep, identity: IdentityDep) -> Response:
-    """Remove the policy of a priority (admins): new tickets of that priority get no deadlines."""
+async def delete_policy(
+    request: Request,
+    priority: Priority,
+    session: TenantSessionDep,
+    identity: IdentityDep,
+    apply_to_open_tickets: ApplyToOpenTickets = False,
+) -> Response:
+    """Remove the policy of a priority (admins): new tickets of that priority get no deadlines,
+    and with `apply_to_open_tickets=true` the open ones lose theirs."""
     await service.delete_policy(session, identity.tenant, priority.value)
+    retarget = [priority.value] if apply_to_open_tickets else []
+    await tickets_service.retarget_open_tickets(
+        session, identity, retarget, max_tickets=request.app.state.settings.sla_retarget_max_tickets
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -56,8 +90,23 @@ async def get_calendar(session: TenantSessionDep, identity: IdentityDep) -> dict
     return await service.get_calendar(session, identity.tenant)
 
 
-@router.put("/calendar", response_model=CalendarRead, dependencies=[ADMIN])
-async def put_calendar(data: CalendarWrite, session: TenantSessionDep, identity: IdentityDep) -> dict:
+@router.put("/calendar", response_model=CalendarPut, dependencies=[ADMIN])
+async def put_calendar(
+    request: Request,
+    data: CalendarWrite,
+    session: TenantSessionDep,
+    identity: IdentityDep,
+    apply_to_open_tickets: ApplyToOpenTickets = False,
+) -> dict:
     """Replace the tenant's business calendar (admins). Intervals of one day must not overlap;
-    times are local to `time_zone` (IANA name). Existing deadlines stay as they are."""
-    return await service.put_calendar(session, identity.tenant, data)
+    times are local to `time_zone` (IANA name). Existing deadlines stay as they are unless
+    `apply_to_open_tickets=true` (tickets whose policy counts business hours only)."""
+    calendar = await service.put_calendar(session, identity.tenant, data)
+    retarget = []
+    if apply_to_open_tickets:
+        policies = await service.list_policies(session, identity.tenant)
+        retarget = [policy["priority"] for policy in policies if policy["business_hours_only"]]
+    updated = await tickets_service.retarget_open_tickets(
+        session, identity, retarget, max_tickets=request.app.state.settings.sla_retarget_max_tickets
+    )
+    return {**calendar, "open_tickets_updated": updated}

@@ -48,6 +48,13 @@ class SlaPolicyRead(BaseModel):
     created_at: datetime
 
 
+OPEN_TICKETS_UPDATED = "How many open tickets got new deadlines (with `apply_to_open_tickets=true`)."
+
+
+class SlaPolicyPut(SlaPolicyRead):
+    open_tickets_updated: int = Field(description=OPEN_TICKETS_UPDATED)
+
+
 class SlaPolicyList(BaseModel):
     items: list[SlaPolicyRead]
 
@@ -98,3 +105,7 @@ class CalendarRead(BaseModel):
     time_zone: str
     business_hours: dict[str, list[list[str]]]
     holidays: list[date]
+
+
+class CalendarPut(CalendarRead):
+    open_tickets_updated: int = Field(description=OPEN_TICKETS_UPDATED)

@@ -7,7 +7,7 @@ clock stopped; resuming pushes the open deadlines later by the business time spe
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -61,15 +61,14 @@ def business_calendar(
 
 
 _POLICY_CACHE = "sla_policy_and_calendar"
+Targets = tuple[dict[str, Any] | None, BusinessCalendar | None]  # a priority's policy and its calendar
 
 
 def _forget_policies(session: AsyncSession) -> None:
     session.info.pop(_POLICY_CACHE, None)
 
 
-async def _policy_and_calendar(
-    session: AsyncSession, tenant_id: str, priority: str
-) -> tuple[dict[str, Any] | None, BusinessCalendar | None]:
+async def _policy_and_calendar(session: AsyncSession, tenant_id: str, priority: str) -> Targets:
     # Kept for the transaction: a bulk update of 500 tickets reads each priority's policy once.
     cache = session.info.setdefault(_POLICY_CACHE, {})
     key = (tenant_id, priority)
@@ -102,27 +101,15 @@ async def deadlines_for_new_ticket(
 
 
 def _recomputed(
-    created_at: datetime,
-    minutes: int | None,
-    calendar: BusinessCalendar | None,
-    previous_due: datetime | None,
-    previous_minutes: int | None,
-    previous_calendar: BusinessCalendar | None,
+    created_at: datetime, minutes: int | None, calendar: BusinessCalendar | None, paused_minutes: float
 ) -> datetime | None:
-    """A deadline recomputed from creation under a new target, keeping the pause credit.
-
-    The credit (business time the old deadline had been pushed by resumed pauses) is what lies
-    between the old policy's unpaused deadline and the old deadline. If the old policy was
-    edited since the ticket was created the credit is approximate (never negative).
-    """
+    """A deadline counted from creation under a target, pushed later by the pause credit."""
     if minutes is None:
         return None
     deadline = _deadline(created_at, minutes, calendar)
-    if deadline is None or previous_due is None or previous_minutes is None:
+    if deadline is None or paused_minutes <= 0:
         return deadline
-    unpaused = _deadline(created_at, previous_minutes, previous_calendar)
-    credit = business_minutes_between(unpaused, previous_due, previous_calendar) if unpaused else 0.0
-    return _deadline(deadline, credit, calendar) if credit > 0 else deadline
+    return _deadline(deadline, paused_minutes, calendar)
 
 
 async def deadline_changes(
@@ -149,29 +136,7 @@ async def deadline_changes(
     changes: dict[str, Any] = {}
 
     if priority_changed:
-        old_policy, old_calendar = await _policy_and_calendar(session, tenant_id, str(before["priority"]))
-
-        def minutes(p: dict[str, Any] | None, key: str) -> int | None:
-            return p[key] if p is not None else None
-
-        created_at = before["created_at"]
-        due = _recomputed(
-            created_at,
-            minutes(policy, "resolution_minutes"),
-            calendar,
-            before.get("due_at"),
-            minutes(old_policy, "resolution_minutes"),
-            old_calendar,
-        )
-        if not responded:  # a met first-response target stays what it was
-            first_due = _recomputed(
-                created_at,
-                minutes(policy, "first_response_minutes"),
-                calendar,
-                before.get("first_response_due_at"),
-                minutes(old_policy, "first_response_minutes"),
-                old_calendar,
-            )
+        first_due, due = _retargeted(before, (policy, calendar))
 
     if entering_pending and paused_at is None and policy is not None and policy["pause_while_pending"]:
         changes["sla_paused_at"] = now
@@ -182,18 +147,65 @@ async def deadline_changes(
         if first_due is not None and not responded:
             first_due = _deadline(first_due, paused, calendar) or first_due
         changes["sla_paused_at"] = None
+        changes["sla_paused_minutes"] = before.get("sla_paused_minutes", 0.0) + paused
 
+    changes.update(_deadline_columns(before, first_due, due, now))
+    return changes
+
+
+def _retargeted(ticket: dict[str, Any], targets: Targets) -> tuple[datetime | None, datetime | None]:
+    """(first_response_due_at, due_at) of `ticket` counted from its creation under `targets`,
+    with the time its clock was paused credited; a first-response target already met stays."""
+    policy, calendar = targets
+    credit = ticket.get("sla_paused_minutes") or 0.0
+
+    def recomputed(key: str) -> datetime | None:
+        return _recomputed(ticket["created_at"], policy[key] if policy else None, calendar, credit)
+
+    due = recomputed("resolution_minutes")
+    if ticket.get("first_responded_at") is not None:
+        return ticket.get("first_response_due_at"), due
+    return recomputed("first_response_minutes"), due
+
+
+def _deadline_columns(
+    ticket: dict[str, Any], first_due: datetime | None, due: datetime | None, now: datetime
+) -> dict[str, Any]:
+    """Column updates for new deadlines; a deadline moved past `now` clears its breach mark."""
+    changes: dict[str, Any] = {}
     for column, value, marker in (
         ("due_at", due, "resolution_breached_at"),
         ("first_response_due_at", first_due, "first_response_breached_at"),
     ):
-        if value == before.get(column):
+        if value == ticket.get(column):
             continue
         changes[column] = value
         # A deadline moved into the future is a new target: its breach is announced afresh.
-        if value is not None and value > now and before.get(marker) is not None:
+        if value is not None and value > now and ticket.get(marker) is not None:
             changes[marker] = None
     return changes
+
+
+async def current_deadline_changes(
+    session: AsyncSession, tenant_id: str, ticket: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    """Column updates that give an open ticket the deadlines its priority's policy and the
+    calendar set now (after an admin changed them); {} when nothing moves."""
+    targets = await _policy_and_calendar(session, tenant_id, str(ticket["priority"]))
+    first_due, due = _retargeted(ticket, targets)
+    return _deadline_columns(
+        ticket,
+        _unless_rounding(first_due, ticket["first_response_due_at"]),
+        _unless_rounding(due, ticket["due_at"]),
+        now,
+    )
+
+
+def _unless_rounding(new: datetime | None, old: datetime | None) -> datetime | None:
+    # Pushes added one by one and their sum may round a microsecond apart: not a change.
+    if new is not None and old is not None and abs(new - old) < timedelta(seconds=1):
+        return old
+    return new
 
 
 # -- policies and calendar ----------------------------------------------------------------------
@@ -206,7 +218,8 @@ async def list_policies(session: AsyncSession, tenant_id: str) -> list[dict[str,
 async def put_policy(
     session: AsyncSession, tenant_id: str, priority: str, data: SlaPolicyWrite
 ) -> dict[str, Any]:
-    """Create or replace the policy of one priority (applies to tickets created or re-prioritised later)."""
+    """Create or replace the policy of one priority (for tickets created or re-prioritised later,
+    and open ones the caller retargets)."""
     _forget_policies(session)
     return await repository.upsert_policy(session, tenant_id, priority, data.model_dump())
 
