@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://helpdesk.dev/problems/"
@@ -163,9 +164,44 @@ async def _unhandled_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(500, "Internal Server Error", "An unexpected error occurred.")
 
 
+class UnexpectedErrorMiddleware:
+    """Answers an error no handler took (500, or 503 for an unavailable database) right here.
+
+    Starlette's last-resort handler sits outside every middleware of the app, so its response
+    would carry no X-Request-ID, and the request log line and the latency metric would record
+    a 500 for what the client got as a 503. Added first, this runs inside all of them.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if started:  # too late for a problem response: the server aborts the connection
+                raise
+            response = await _unhandled_error(Request(scope), exc)
+            await response(scope, receive, send)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
-    """Every error leaves the service as problem+json; unknown errors leak no internals."""
+    """Every error leaves the service as problem+json; unknown errors leak no internals.
+
+    Call it before adding other middleware, so unexpected errors are answered inside them.
+    """
     app.add_exception_handler(ProblemError, _problem_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unhandled_error)
+    app.add_exception_handler(Exception, _unhandled_error)  # errors raised by middleware itself
+    app.add_middleware(UnexpectedErrorMiddleware)

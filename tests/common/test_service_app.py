@@ -47,11 +47,13 @@ async def client(infra):
 
 
 async def test_unknown_error_is_a_500_problem_without_internals(client):
-    response = await client.get("/boom")
+    response = await client.get("/boom", headers={"X-Request-ID": "boom-1"})
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
     assert "hunter2" not in response.text and "Traceback" not in response.text
     assert response.json()["title"] == "Internal Server Error"
+    # The id to quote when reporting it.
+    assert response.headers["x-request-id"] == "boom-1"
 
 
 @pytest.mark.parametrize("path", ["/slow-query", "/unreachable-database"])
@@ -59,6 +61,7 @@ async def test_an_unavailable_or_overloaded_database_is_a_503_to_retry(client, p
     response = await client.get(path)
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] == "1"
+    assert response.headers["x-request-id"]
     assert response.json()["type"] == "https://helpdesk.dev/problems/unavailable"
     assert "nobody" not in response.text and "pg_sleep" not in response.text
 
@@ -80,11 +83,14 @@ async def test_request_id_is_generated_or_passed_through(client):
 
 async def test_metrics_are_labelled_by_route_template(client):
     await client.get("/boom")
+    await client.get("/slow-query")
     body = (await client.get("/metrics")).text
-    assert (
-        'helpdesk_http_request_duration_seconds_count{method="GET",route="/boom",service="probe",status="500"}'
-        in body
+    series = (
+        'helpdesk_http_request_duration_seconds_count{method="GET",route="%s",service="probe",status="%s"}'
     )
+    assert series % ("/boom", 500) in body
+    # The status the client got, not a 500 for every error.
+    assert series % ("/slow-query", 503) in body and series % ("/slow-query", 500) not in body
 
 
 async def test_readyz_reports_database_and_nats(client):
