@@ -147,7 +147,7 @@ async def deadline_changes(
         if first_due is not None and not responded:
             first_due = _deadline(first_due, paused, calendar) or first_due
         changes["sla_paused_at"] = None
-        changes["sla_paused_minutes"] = before.get("sla_paused_minutes", 0.0) + paused
+        changes["sla_paused_minutes"] = before["sla_paused_minutes"] + paused
 
     changes.update(_deadline_columns(before, first_due, due, now))
     return changes
@@ -157,7 +157,7 @@ def _retargeted(ticket: dict[str, Any], targets: Targets) -> tuple[datetime | No
     """(first_response_due_at, due_at) of `ticket` counted from its creation under `targets`,
     with the time its clock was paused credited; a first-response target already met stays."""
     policy, calendar = targets
-    credit = ticket.get("sla_paused_minutes") or 0.0
+    credit = ticket["sla_paused_minutes"]
 
     def recomputed(key: str) -> datetime | None:
         return _recomputed(ticket["created_at"], policy[key] if policy else None, calendar, credit)
