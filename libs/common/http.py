@@ -1,13 +1,15 @@
-"""Request id middleware and the request log line shared by every process."""
+"""Request id middleware, the request log line and the request deadline shared by every process."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from libs.common.errors import PROBLEM_BASE, problem_response
 from libs.common.ids import new_id
 
 log = structlog.get_logger()
@@ -60,3 +62,52 @@ class RequestIdMiddleware:
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
             structlog.contextvars.unbind_contextvars("request_id")
+
+
+class RequestDeadlineMiddleware:
+    """Abandons a request that has not started its response `deadline_s` after the last part of
+    its body arrived (or after it began, if the endpoint reads no body).
+
+    Its work is cancelled, so its transaction rolls back, and the client gets a 503 problem
+    saying nothing was kept. Without it, a request slower than the gateway's upstream timeout
+    got a 504 from the gateway and still committed afterwards. A slow upload is not cut while
+    its bytes keep coming; once the response has started (downloads, streams) there is no
+    deadline any more.
+    """
+
+    def __init__(self, app: ASGIApp, deadline_s: float) -> None:
+        self.app = app
+        self.deadline_s = deadline_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.deadline_s) as deadline:
+
+                async def receive_extending_deadline() -> Message:
+                    message = await receive()
+                    if message["type"] == "http.request" and deadline.when() is not None:
+                        deadline.reschedule(loop.time() + self.deadline_s)
+                    return message
+
+                async def send_lifting_deadline(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        deadline.reschedule(None)
+                    await send(message)
+
+                await self.app(scope, receive_extending_deadline, send_lifting_deadline)
+        except TimeoutError:
+            if not deadline.expired():  # the app's own, not this deadline
+                raise
+            log.warning("request_deadline_exceeded", path=scope["path"], deadline_s=self.deadline_s)
+            await problem_response(
+                503,
+                "Service Unavailable",
+                f"the request took longer than {self.deadline_s:g} s and was abandoned; "
+                "nothing it changed was kept",
+                type_=PROBLEM_BASE + "request-timeout",
+            )(scope, receive, send)

@@ -23,7 +23,7 @@ from libs.common.db import create_engine, create_session_factory
 from libs.common.errors import install_problem_handlers
 from libs.common.events import ensure_stream
 from libs.common.health import health_router
-from libs.common.http import RequestIdMiddleware
+from libs.common.http import RequestDeadlineMiddleware, RequestIdMiddleware
 from libs.common.logging import configure_logging
 from libs.common.metrics import MetricsMiddleware, metrics_router
 from libs.common.outbox import OutboxRelay
@@ -215,6 +215,7 @@ def create_service_app(definition: ServiceDefinition) -> FastAPI:
     app.include_router(asyncapi_router(definition))
     for router in definition.routers:
         app.include_router(router)
+    app.add_middleware(RequestDeadlineMiddleware, deadline_s=settings.request_deadline_s)
     app.add_middleware(MetricsMiddleware, service=definition.name)
     app.add_middleware(RequestIdMiddleware)
     return app

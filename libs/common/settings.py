@@ -32,6 +32,10 @@ class CommonSettings(BaseSettings):
     # Off by default: a round trip per checkout; recycle and reconnect-on-error cover stale connections.
     db_pool_pre_ping: bool = False
     db_statement_timeout_ms: int = Field(default=30_000, ge=100)
+    # A request that has not started its response by then is cancelled (its transaction rolls
+    # back) and answered 503: below the gateway's upstream timeout (30 s), so a 504 at the
+    # gateway never hides a change that commits afterwards.
+    request_deadline_s: float = Field(default=25.0, gt=0)
 
     nats_url: str = Field(
         default="nats://127.0.0.1:54222",

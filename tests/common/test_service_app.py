@@ -1,14 +1,20 @@
-"""Shared HTTP behaviour: problems, request ids, metrics, health, role isolation."""
+"""Shared HTTP behaviour: problems, request ids, metrics, health, deadlines, role isolation."""
+
+import asyncio
+import time
+import uuid
 
 import asyncpg
 import pytest
 from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 
 from libs.common.db import SessionDep, create_engine, plain_dsn
 from libs.common.service_app import ServiceDefinition, create_service_app
 from libs.common.settings import CommonSettings
 from tests.conftest import app_client, auth_headers, settings_for
+from tests.tickets.helpers import admin_fetch
 
 router = APIRouter()
 
@@ -38,9 +44,41 @@ async def unreachable_database(request: Request) -> dict:
     return {}
 
 
+@router.post("/slow-write/{tenant}")
+async def slow_write(tenant: str, session: SessionDep) -> dict:
+    await session.execute(
+        text("INSERT INTO analytics.daily_ticket_counts (tenant_id, day) VALUES (:t, current_date)"),
+        {"t": tenant},
+    )
+    await asyncio.sleep(5)  # beyond the request deadline below
+    return {}
+
+
+@router.get("/slow-stream")
+async def slow_stream() -> StreamingResponse:
+    async def chunks():
+        for part in (b"one ", b"two ", b"three"):
+            yield part
+            await asyncio.sleep(0.4)
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
+@router.post("/upload")
+async def upload(request: Request) -> dict:
+    return {"bytes": len(await request.body())}
+
+
+@router.get("/own-timeout")
+async def own_timeout() -> dict:
+    raise TimeoutError("an upstream the endpoint called timed out")
+
+
 @pytest.fixture(scope="module")
 async def client(infra):
-    settings = settings_for(infra, CommonSettings, "analytics", db_statement_timeout_ms=200)
+    settings = settings_for(
+        infra, CommonSettings, "analytics", db_statement_timeout_ms=200, request_deadline_s=0.8
+    )
     app = create_service_app(ServiceDefinition(name="probe", settings=settings, routers=[router]))
     async with app_client(app) as client:
         yield client
@@ -156,3 +194,40 @@ async def test_dead_letters_endpoint_is_admin_only(infra):
         )
     assert agent.status_code == 403
     assert admin.status_code == 200 and admin.json() == {"items": [], "next_cursor": None}
+
+
+async def test_a_request_past_its_deadline_is_abandoned_and_its_writes_rolled_back(client, infra):
+    tenant = f"deadline-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    response = await client.post(f"/slow-write/{tenant}", headers={"X-Request-ID": "slow-1"})
+    assert time.monotonic() - started < 3
+    assert response.status_code == 503, response.text
+    assert response.json()["type"] == "https://helpdesk.dev/problems/request-timeout"
+    assert "nothing it changed was kept" in response.json()["detail"]
+    assert response.headers["x-request-id"] == "slow-1"
+    rows = await admin_fetch(
+        infra, "SELECT 1 FROM analytics.daily_ticket_counts WHERE tenant_id = $1", tenant
+    )
+    assert rows == []
+
+
+async def test_the_deadline_ends_when_the_response_starts(client):
+    response = await client.get("/slow-stream")  # 1.2 s of streaming, deadline 0.8 s
+    assert response.status_code == 200 and response.text == "one two three"
+
+
+async def test_an_endpoints_own_timeout_is_not_mistaken_for_the_deadline(client):
+    response = await client.get("/own-timeout")
+    assert response.status_code == 500
+    assert response.json()["title"] == "Internal Server Error"
+
+
+async def test_a_slow_upload_is_not_cut_while_its_bytes_keep_coming(client):
+    async def body():
+        for _ in range(3):
+            yield b"x" * 1000
+            await asyncio.sleep(0.5)  # 1.5 s in all, deadline 0.8 s
+
+    response = await client.post("/upload", content=body())
+    assert response.status_code == 200, response.text
+    assert response.json() == {"bytes": 3000}
