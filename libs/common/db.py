@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.sql.base import Executable
 
 from libs.common.auth import TENANT_PATTERN, IdentityDep
+from libs.common.http import lift_request_deadline
 from libs.common.settings import CommonSettings
 
 log = structlog.get_logger()
@@ -138,6 +139,7 @@ async def transaction(app: Any, tenant: str | None = None) -> AsyncIterator[Asyn
     try:
         async with factory(bind=conn) as session:
             yield session
+            lift_request_deadline()  # committed work is answered, never abandoned
             await raw.execute("COMMIT")
     except (asyncpg.InterfaceError, asyncpg.InternalClientError):
         # The driver lost track of the connection (e.g. the server dropped it): never reuse it.

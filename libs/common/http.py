@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from contextvars import ContextVar
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -64,6 +65,18 @@ class RequestIdMiddleware:
             structlog.contextvars.unbind_contextvars("request_id")
 
 
+# The running request's deadline, for `lift_request_deadline`.
+_request_deadline: ContextVar[asyncio.Timeout | None] = ContextVar("request_deadline", default=None)
+
+
+def lift_request_deadline() -> None:
+    """The request's work is about to become durable (its COMMIT): from here on it is answered,
+    never abandoned, so a 503 "nothing was kept" cannot follow a change that was committed."""
+    deadline = _request_deadline.get()
+    if deadline is not None and not deadline.expired():
+        deadline.reschedule(None)
+
+
 class RequestDeadlineMiddleware:
     """Abandons a request that has not started its response `deadline_s` after the last part of
     its body arrived (or after it began, if the endpoint reads no body).
@@ -87,6 +100,7 @@ class RequestDeadlineMiddleware:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.deadline_s) as deadline:
+                token = _request_deadline.set(deadline)
 
                 async def receive_extending_deadline() -> Message:
                     message = await receive()
@@ -99,7 +113,10 @@ class RequestDeadlineMiddleware:
                         deadline.reschedule(None)
                     await send(message)
 
-                await self.app(scope, receive_extending_deadline, send_lifting_deadline)
+                try:
+                    await self.app(scope, receive_extending_deadline, send_lifting_deadline)
+                finally:
+                    _request_deadline.reset(token)
         except TimeoutError:
             if not deadline.expired():  # the app's own, not this deadline
                 raise

@@ -7,7 +7,7 @@ import uuid
 import asyncpg
 import pytest
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import text
 
 from libs.common.db import SessionDep, create_engine, plain_dsn
@@ -52,6 +52,23 @@ async def slow_write(tenant: str, session: SessionDep) -> dict:
     )
     await asyncio.sleep(5)  # beyond the request deadline below
     return {}
+
+
+class SlowToStart(Response):
+    """A response that takes its time to start, after the endpoint's transaction committed."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        await asyncio.sleep(1.2)  # past the deadline below
+        await super().__call__(scope, receive, send)
+
+
+@router.post("/write-then-slow-response/{tenant}")
+async def write_then_slow_response(tenant: str, session: SessionDep) -> Response:
+    await session.execute(
+        text("INSERT INTO analytics.daily_ticket_counts (tenant_id, day) VALUES (:t, current_date)"),
+        {"t": tenant},
+    )
+    return SlowToStart(b"saved")
 
 
 @router.get("/slow-stream")
@@ -231,3 +248,13 @@ async def test_a_slow_upload_is_not_cut_while_its_bytes_keep_coming(client):
     response = await client.post("/upload", content=body())
     assert response.status_code == 200, response.text
     assert response.json() == {"bytes": 3000}
+
+
+async def test_committed_work_is_answered_even_past_the_deadline(client, infra):
+    tenant = f"deadline-{uuid.uuid4().hex[:8]}"
+    response = await client.post(f"/write-then-slow-response/{tenant}")
+    assert response.status_code == 200 and response.text == "saved"
+    rows = await admin_fetch(
+        infra, "SELECT 1 FROM analytics.daily_ticket_counts WHERE tenant_id = $1", tenant
+    )
+    assert len(rows) == 1
