@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.common.auth import IdentityDep, require_roles
+from libs.common.auth import Identity, IdentityDep, require_roles
 from libs.common.db import TenantSessionDep
 from services.tickets import service as tickets_service
 from services.tickets.schemas import Priority
@@ -53,10 +54,7 @@ async def put_policy(
     """Create or replace the policy of a priority (admins). Tickets created or re-prioritised
     afterwards get deadlines from it; open ones too with `apply_to_open_tickets=true`."""
     policy = await service.put_policy(session, identity.tenant, priority.value, data)
-    retarget = [priority.value] if apply_to_open_tickets else []
-    updated = await tickets_service.retarget_open_tickets(
-        session, identity, retarget, max_tickets=request.app.state.settings.sla_retarget_max_tickets
-    )
+    updated = await _retarget(request, session, identity, [priority.value]) if apply_to_open_tickets else 0
     return {**policy, "open_tickets_updated": updated}
 
 
@@ -76,10 +74,8 @@ async def delete_policy(
     """Remove the policy of a priority (admins): new tickets of that priority get no deadlines,
     and with `apply_to_open_tickets=true` the open ones lose theirs."""
     await service.delete_policy(session, identity.tenant, priority.value)
-    retarget = [priority.value] if apply_to_open_tickets else []
-    await tickets_service.retarget_open_tickets(
-        session, identity, retarget, max_tickets=request.app.state.settings.sla_retarget_max_tickets
-    )
+    if apply_to_open_tickets:
+        await _retarget(request, session, identity, [priority.value])
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -102,11 +98,17 @@ async def put_calendar(
     times are local to `time_zone` (IANA name). Existing deadlines stay as they are unless
     `apply_to_open_tickets=true` (tickets whose policy counts business hours only)."""
     calendar = await service.put_calendar(session, identity.tenant, data)
-    retarget = []
+    updated = 0
     if apply_to_open_tickets:
         policies = await service.list_policies(session, identity.tenant)
-        retarget = [policy["priority"] for policy in policies if policy["business_hours_only"]]
-    updated = await tickets_service.retarget_open_tickets(
-        session, identity, retarget, max_tickets=request.app.state.settings.sla_retarget_max_tickets
-    )
+        counting_hours = [policy["priority"] for policy in policies if policy["business_hours_only"]]
+        updated = await _retarget(request, session, identity, counting_hours)
     return {**calendar, "open_tickets_updated": updated}
+
+
+async def _retarget(
+    request: Request, session: AsyncSession, identity: Identity, priorities: list[str]
+) -> int:
+    """`apply_to_open_tickets`: the open tickets of `priorities` get the current targets."""
+    max_tickets = request.app.state.settings.sla_retarget_max_tickets
+    return await tickets_service.retarget_open_tickets(session, identity, priorities, max_tickets=max_tickets)
