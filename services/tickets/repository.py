@@ -71,23 +71,25 @@ def client_view(row: dict[str, Any]) -> dict[str, Any]:
 
 # -- numbers -----------------------------------------------------------------------------------
 
-_NEXT_TICKET_NUMBER_SQL = "SELECT tickets.next_ticket_number($1)"
+_NEXT_TICKET_NUMBER_SQL = "SELECT tickets.next_ticket_number($1, $2)"
 
 
-async def allocate_ticket_number(session: AsyncSession, tenant_id: str) -> int:
-    """The tenant's next ticket number, taken like a sequence's nextval().
+async def allocate_ticket_number(session: AsyncSession, tenant_id: str, category: str | None) -> int | None:
+    """The tenant's next ticket number, taken like a sequence's nextval(); None (and no number
+    taken) when the tenant does not allow `category`.
 
     It runs as its own single-statement (autocommit) transaction, so the tenant's counter row
     is locked only inside that statement, not until the create commits: creates of one tenant
     do not queue behind each other. Like a sequence, a create that fails afterwards leaves a
     gap; numbers stay unique and increasing. The SQL function scopes itself to the tenant
-    (row-level security) for that one statement.
+    (row-level security) for that one statement. On its own connection, it can run while the
+    request's transaction reads something else.
     """
     async with engine_of(session).connect() as conn:
         # Straight to the driver: outside a transaction block asyncpg runs it as its own
         # (autocommit) transaction, and SQLAlchemy has begun nothing on this connection.
         raw = (await conn.get_raw_connection()).driver_connection
-        return await raw.fetchval(_NEXT_TICKET_NUMBER_SQL, tenant_id)
+        return await raw.fetchval(_NEXT_TICKET_NUMBER_SQL, tenant_id, category)
 
 
 # -- create ------------------------------------------------------------------------------------

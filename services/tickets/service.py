@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -123,6 +124,10 @@ async def _check_category(session: AsyncSession, tenant_id: str, category: str |
     """A tenant that defined categories gets only those; a tenant without a list takes any key."""
     if category is None or await repository.category_allowed(session, tenant_id, category):
         return
+    await _unknown_category(session, tenant_id, category)
+
+
+async def _unknown_category(session: AsyncSession, tenant_id: str, category: str | None) -> NoReturn:
     defined = sorted(row["key"] for row in await repository.list_categories(session, tenant_id))
     raise _invalid(f"unknown category {category!r}; defined: {defined}", "category")
 
@@ -168,15 +173,21 @@ async def create_ticket(session: AsyncSession, identity: Identity, data: TicketC
         if restricted:
             raise _forbidden(f"requesters cannot set: {', '.join(restricted)}")
     tenant = identity.tenant
-    await _check_category(session, tenant, data.category)
     await _check_parent(session, tenant, None, data.parent_id)
     now = datetime.now(UTC)
-    deadlines = await sla.deadlines_for_new_ticket(session, tenant, data.priority.value, now)
+    # Side by side: the number (with the category check) on a connection of its own, the SLA
+    # policy in the request's transaction; a create waits for one round trip instead of two.
+    async with asyncio.TaskGroup() as both:
+        numbering = both.create_task(repository.allocate_ticket_number(session, tenant, data.category))
+        deadlines = await sla.deadlines_for_new_ticket(session, tenant, data.priority.value, now)
+    number = numbering.result()
+    if number is None:
+        await _unknown_category(session, tenant, data.category)
     values = data.model_dump(mode="python")
     values.update(
         id=new_id(),
         tenant_id=tenant,
-        number=await repository.allocate_ticket_number(session, tenant),
+        number=number,
         status="open",
         status_category="open",
         priority=data.priority.value,

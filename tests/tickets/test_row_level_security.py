@@ -357,7 +357,7 @@ async def test_scope_ends_with_the_transaction_on_a_pooled_connection(two_tenant
 async def test_ticket_number_allocation_leaves_no_scope_on_the_connection(two_tenants, service_conn):
     # next_ticket_number() scopes itself; called in autocommit (as the repository does) that
     # scope must end with the statement.
-    assert await service_conn.fetchval("SELECT tickets.next_ticket_number($1)", two_tenants.a) > 1
+    assert await service_conn.fetchval("SELECT tickets.next_ticket_number($1, NULL)", two_tenants.a) > 1
     assert await service_conn.fetchval("SELECT current_setting('app.tenant_id', true)") in (None, "")
     assert await service_conn.fetchval("SELECT count(*) FROM tickets.tickets") == 0
 
@@ -418,7 +418,7 @@ async def test_ticket_number_allocation_inside_a_scoped_transaction_keeps_its_sc
 ):
     async with service_conn.transaction():
         await scope(service_conn, two_tenants.a)
-        await service_conn.fetchval("SELECT tickets.next_ticket_number($1)", two_tenants.b)
+        await service_conn.fetchval("SELECT tickets.next_ticket_number($1, NULL)", two_tenants.b)
         assert set(await tenants_visible(service_conn, "tickets")) == {two_tenants.a}
 
 
