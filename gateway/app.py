@@ -14,7 +14,7 @@ from gateway import asyncapi, auth, openapi, proxy
 from gateway.body_limit import BodySizeLimitMiddleware
 from gateway.settings import Settings
 from libs.common.auth import TokenVerifier
-from libs.common.db import create_engine, create_session_factory
+from libs.common.db import create_engine, create_session_factory, finish_read_only_transactions
 from libs.common.errors import install_problem_handlers
 from libs.common.health import health_router
 from libs.common.http import RequestIdMiddleware
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
                 log.info("service_stopping", service=settings.service_name)
         finally:
+            await finish_read_only_transactions()
             await app.state.engine.dispose()
             log.info("service_stopped", service=settings.service_name)
 

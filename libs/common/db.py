@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import weakref
 from collections.abc import AsyncIterator
@@ -88,10 +89,15 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the endpoint returns, rolled back on error.
 
     Scoped to the endpoint function, so the commit happens before the response is sent and a
-    201 always means the row (and its outbox event) is durable. See `transaction`.
+    201 always means the row (and its outbox event) is durable. GET and HEAD requests read in a
+    read-only transaction. See `transaction`.
     """
-    async with transaction(request.app) as session:
+    async with transaction(request.app, read_only=_reads_only(request)) as session:
         yield session
+
+
+def _reads_only(request: Request) -> bool:
+    return request.method in ("GET", "HEAD")
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
@@ -121,7 +127,9 @@ async def set_tenant(session: AsyncSession, tenant: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def transaction(app: Any, tenant: str | None = None) -> AsyncIterator[AsyncSession]:
+async def transaction(
+    app: Any, tenant: str | None = None, *, read_only: bool = False
+) -> AsyncIterator[AsyncSession]:
     """A session in one transaction, committed when the block ends, rolled back when it raises;
     scoped to `tenant` (row-level security) when one is given.
 
@@ -131,26 +139,52 @@ async def transaction(app: Any, tenant: str | None = None) -> AsyncIterator[Asyn
     Against BEGIN, scope and COMMIT through the session that is one round trip less and ~15 %
     less CPU for a ticket read (measured). So `session.commit()` inside the block commits
     nothing: the block's end does. `app` is the FastAPI app (its engine and factory).
+
+    `read_only` opens `BEGIN READ ONLY` (a write in it is an error) and ends it after the
+    block, in the background: nothing depends on how a read-only transaction ends, so a read
+    answers one round trip sooner. The connection goes back to the pool only once it has ended.
     """
     if tenant is not None and not TENANT_PATTERN.match(tenant):  # it is spliced into SQL below
         raise ValueError("invalid tenant")
     factory: async_sessionmaker[AsyncSession] = app.state.session_factory
-    conn, raw = await _begin(app.state.engine, tenant)
+    conn, raw = await _begin(app.state.engine, tenant, read_only)
+    end_later = False
     try:
         async with factory(bind=conn) as session:
             yield session
             lift_request_deadline()  # committed work is answered, never abandoned
-            await raw.execute("COMMIT")
+            if read_only:
+                end_later = True
+            else:
+                await raw.execute("COMMIT")
     except (asyncpg.InterfaceError, asyncpg.InternalClientError):
         # The driver lost track of the connection (e.g. the server dropped it): never reuse it.
         await conn.invalidate()
         raise
     finally:
-        try:
-            if not conn.invalidated:
-                await _hand_back_clean(conn, raw)
-        finally:
-            await conn.close()
+        if end_later:
+            _ending.add(task := asyncio.create_task(_give_back(conn, raw)))
+            task.add_done_callback(_ending.discard)
+        else:
+            await _give_back(conn, raw)
+
+
+# Read-only transactions still ending (the event loop keeps only weak references to tasks).
+_ending: set[asyncio.Task[None]] = set()
+
+
+async def _give_back(conn: AsyncConnection, raw: asyncpg.Connection) -> None:
+    try:
+        if not conn.invalidated:
+            await _hand_back_clean(conn, raw)
+    finally:
+        await conn.close()
+
+
+async def finish_read_only_transactions() -> None:
+    """Wait for read-only transactions still ending (before the engine is disposed)."""
+    while _ending:
+        await asyncio.gather(*_ending, return_exceptions=True)
 
 
 # What a pooled connection the server has closed since its last use raises on its first statement
@@ -164,7 +198,9 @@ _DEAD_CONNECTION = (
 )
 
 
-async def _begin(engine: AsyncEngine, tenant: str | None) -> tuple[AsyncConnection, asyncpg.Connection]:
+async def _begin(
+    engine: AsyncEngine, tenant: str | None, read_only: bool = False
+) -> tuple[AsyncConnection, asyncpg.Connection]:
     """A pooled connection on which a transaction (scoped to `tenant`, if given) is open.
 
     If the pooled connection turns out dead, nothing has run on it yet, so the transaction is
@@ -178,11 +214,10 @@ async def _begin(engine: AsyncEngine, tenant: str | None) -> tuple[AsyncConnecti
         try:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             raw = (await conn.get_raw_connection()).driver_connection
-            await raw.execute(
-                "BEGIN"
-                if tenant is None
-                else f"BEGIN; SELECT set_config('{TENANT_SETTING}', '{tenant}', true)"
-            )
+            begin = "BEGIN READ ONLY" if read_only else "BEGIN"
+            if tenant is not None:
+                begin += f"; SELECT set_config('{TENANT_SETTING}', '{tenant}', true)"
+            await raw.execute(begin)
             return conn, raw
         except _DEAD_CONNECTION as exc:
             await conn.invalidate()
@@ -218,7 +253,7 @@ async def _hand_back_clean(conn: AsyncConnection, raw: asyncpg.Connection) -> No
 
 async def get_tenant_session(request: Request, identity: IdentityDep) -> AsyncIterator[AsyncSession]:
     """Like `get_session`, scoped to the verified identity's tenant (see `transaction`)."""
-    async with transaction(request.app, identity.tenant) as session:
+    async with transaction(request.app, identity.tenant, read_only=_reads_only(request)) as session:
         yield session
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import Table
 from libs.common.asyncapi import build_asyncapi
 from libs.common.auth import TokenVerifier
 from libs.common.consumer import ConsumerRunner, Subscription
-from libs.common.db import create_engine, create_session_factory
+from libs.common.db import create_engine, create_session_factory, finish_read_only_transactions
 from libs.common.errors import install_problem_handlers
 from libs.common.events import ensure_stream
 from libs.common.health import health_router
@@ -197,6 +197,7 @@ def create_service_app(definition: ServiceDefinition) -> FastAPI:
             with contextlib.suppress(BaseException):
                 await starter
             await messaging.shutdown()
+            await finish_read_only_transactions()
             await app.state.engine.dispose()
             log.info("service_stopped", service=definition.name)
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import text
 
-from libs.common.db import SessionDep, create_engine, plain_dsn
+from libs.common.db import SessionDep, create_engine, finish_read_only_transactions, plain_dsn
 from libs.common.service_app import ServiceDefinition, create_service_app
 from libs.common.settings import CommonSettings
 from tests.conftest import app_client, auth_headers, settings_for
@@ -69,6 +69,20 @@ async def write_then_slow_response(tenant: str, session: SessionDep) -> Response
         {"t": tenant},
     )
     return SlowToStart(b"saved")
+
+
+@router.get("/write-in-a-read/{tenant}")
+async def write_in_a_read(tenant: str, session: SessionDep) -> dict:
+    await session.execute(
+        text("INSERT INTO analytics.daily_ticket_counts (tenant_id, day) VALUES (:t, current_date)"),
+        {"t": tenant},
+    )
+    return {}
+
+
+@router.get("/backend")
+async def backend(session: SessionDep) -> dict:
+    return {"pid": (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()}
 
 
 @router.get("/slow-stream")
@@ -258,3 +272,26 @@ async def test_committed_work_is_answered_even_past_the_deadline(client, infra):
         infra, "SELECT 1 FROM analytics.daily_ticket_counts WHERE tenant_id = $1", tenant
     )
     assert len(rows) == 1
+
+
+async def test_a_get_request_reads_in_a_read_only_transaction(client, infra):
+    tenant = f"read-only-{uuid.uuid4().hex[:8]}"
+    response = await client.get(f"/write-in-a-read/{tenant}")
+    assert response.status_code == 500, response.text
+    rows = await admin_fetch(
+        infra, "SELECT 1 FROM analytics.daily_ticket_counts WHERE tenant_id = $1", tenant
+    )
+    assert rows == []
+    # The same write in a POST is kept (so the GET was refused for being a read, nothing else).
+    assert (await client.post(f"/write-then-slow-response/{tenant}")).status_code == 200
+
+
+async def test_a_read_only_transaction_ends_after_its_response(client, infra):
+    """A read answers before its transaction has ended; the ending follows, and the connection
+    is back in the pool, outside any transaction, once it has."""
+    pids = {(await client.get("/backend")).json()["pid"] for _ in range(5)}
+    await finish_read_only_transactions()
+    states = await admin_fetch(
+        infra, "SELECT state FROM pg_stat_activity WHERE pid = ANY($1::int[])", list(pids)
+    )
+    assert [row["state"] for row in states] == ["idle"] * len(pids)
