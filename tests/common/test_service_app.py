@@ -295,3 +295,17 @@ async def test_a_read_only_transaction_ends_after_its_response(client, infra):
         infra, "SELECT state FROM pg_stat_activity WHERE pid = ANY($1::int[])", list(pids)
     )
     assert [row["state"] for row in states] == ["idle"] * len(pids)
+
+
+def test_service_routes_are_matched_directly(infra):
+    """create_service_app puts the routers' routes in the app's own list: FastAPI's
+    include_router adds a layer every request walks, ~0.1 ms of a ticket read."""
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    from services.tickets.app import create_app
+    from services.tickets.settings import Settings
+
+    app = create_app(settings_for(infra, Settings, "tickets"))
+    assert {type(route) for route in app.routes} == {APIRoute, Route}
+    assert "/api/v1/tickets/{ticket_id}" in app.openapi()["paths"]
