@@ -14,6 +14,11 @@ HTTP_LATENCY = Histogram(
     ["service", "method", "route", "status"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+HTTP_WAITING = Gauge(
+    "helpdesk_http_requests_waiting",
+    "Requests waiting for a place under the process's concurrency limit",
+    ["service"],
+)
 EVENTS_PUBLISHED = Counter(
     "helpdesk_events_published_total", "Outbox events acknowledged by JetStream", ["service"]
 )

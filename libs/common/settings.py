@@ -36,6 +36,9 @@ class CommonSettings(BaseSettings):
     # back) and answered 503: below the gateway's upstream timeout (30 s), so a 504 at the
     # gateway never hides a change that commits afterwards.
     request_deadline_s: float = Field(default=25.0, gt=0)
+    # Requests one process runs at once; more wait their turn (0: no limit). See
+    # libs/common/http.py ConcurrencyLimitMiddleware; 6 measured best of 4/6/10 (bench/README.md).
+    max_concurrent_requests: int = Field(default=6, ge=0)
 
     nats_url: str = Field(
         default="nats://127.0.0.1:54222",
