@@ -163,7 +163,7 @@ async def transaction(
         raise
     finally:
         if end_later:
-            _ending.add(task := asyncio.create_task(_give_back(conn, raw)))
+            _ending.add(task := asyncio.create_task(_give_back_later(conn, raw)))
             task.add_done_callback(_ending.discard)
         else:
             await _give_back(conn, raw)
@@ -179,6 +179,13 @@ async def _give_back(conn: AsyncConnection, raw: asyncpg.Connection) -> None:
             await _hand_back_clean(conn, raw)
     finally:
         await conn.close()
+
+
+async def _give_back_later(conn: AsyncConnection, raw: asyncpg.Connection) -> None:
+    try:
+        await _give_back(conn, raw)
+    except Exception as exc:  # nobody awaits this task: say what happened (the pool copes)
+        log.warning("read_only_transaction_end_failed", error=repr(exc))
 
 
 async def finish_read_only_transactions() -> None:

@@ -177,10 +177,16 @@ async def create_ticket(session: AsyncSession, identity: Identity, data: TicketC
     now = datetime.now(UTC)
     # Side by side: the number (with the category check) on a connection of its own, the SLA
     # policy in the request's transaction; a create waits for one round trip instead of two.
-    async with asyncio.TaskGroup() as both:
-        numbering = both.create_task(repository.allocate_ticket_number(session, tenant, data.category))
+    # (Not a TaskGroup: it would wrap a database error in an ExceptionGroup, which the error
+    # handlers and the transaction's dead-connection check do not recognise.)
+    numbering = asyncio.ensure_future(repository.allocate_ticket_number(session, tenant, data.category))
+    try:
         deadlines = await sla.deadlines_for_new_ticket(session, tenant, data.priority.value, now)
-    number = numbering.result()
+    except BaseException:
+        numbering.cancel()
+        await asyncio.gather(numbering, return_exceptions=True)
+        raise
+    number = await numbering
     if number is None:
         await _unknown_category(session, tenant, data.category)
     values = data.model_dump(mode="python")

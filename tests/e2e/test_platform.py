@@ -143,7 +143,10 @@ def test_helpdesk_up_names_a_port_that_is_taken(infra, tmp_path):
     assert str(ports["analytics"]) in output and "analytics" in output
 
 
-async def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(infra, tmp_path):
+# "0": no concurrency limit, all ten creates provably at the database's lock; "1": one per worker
+# at the lock, the others waiting their turn in the service when SIGTERM comes.
+@pytest.mark.parametrize("limit", ["0", "1"])
+async def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(infra, tmp_path, limit):
     """Hold the tenant's ticket-number row lock so creates are provably in flight, then SIGTERM."""
     from libs.common.launcher import Secrets, Stack, service_environment, start_service, wait_ready
     from libs.common.stack import SERVICES
@@ -154,7 +157,8 @@ async def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(infr
     stack = Stack(database_url=infra.admin_url, nats_url=infra.nats_url, ports=ports)
     secrets = Secrets.load_or_create(infra.workdir / "secrets.json")
     env = service_environment(stack, spec, secrets, {"HELPDESK_ENV": "test"}) | {
-        "HELPDESK_LOG_LEVEL": "WARNING"
+        "HELPDESK_LOG_LEVEL": "WARNING",
+        "HELPDESK_MAX_CONCURRENT_REQUESTS": limit,
     }
     service = start_service(stack, spec, env, tmp_path)
     try:
@@ -186,9 +190,11 @@ async def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(infr
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                         "AND application_name = 'helpdesk-tickets'"
                     )
-                    return waiting == 10
+                    return waiting == 10 if limit == "0" else waiting >= 1
 
                 await wait_until(all_waiting_on_the_lock, timeout=15)
+                if limit != "0":
+                    await asyncio.sleep(1)  # the others reach the service and wait their turn
                 service.process.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.5)
                 assert service.process.poll() is None  # still draining

@@ -1,7 +1,12 @@
 """Creating tickets: every field, who may set what, tenant categories, SLA deadlines."""
 
-from tests.conftest import auth_headers, unique_tenant
-from tests.tickets.helpers import admin_fetch, create_ticket, outbox_types
+import asyncpg
+
+from libs.common.db import plain_dsn
+from services.tickets.app import create_app
+from services.tickets.settings import Settings
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
+from tests.tickets.helpers import TICKETS, admin_fetch, create_ticket, outbox_types, tenant_state
 
 
 async def test_an_agent_creates_a_maintenance_ticket_with_every_field(tickets, infra):
@@ -106,3 +111,27 @@ async def test_sla_policy_sets_deadlines_at_creation(tickets, infra):
     assert datetime.fromisoformat(urgent["due_at"]) == created + timedelta(minutes=240)
     low = await create_ticket(tickets, agent, priority="low")
     assert low["due_at"] is None and low["first_response_due_at"] is None
+
+
+async def test_a_create_whose_number_takes_too_long_is_a_503_that_wrote_nothing(infra):
+    """The number is taken beside the SLA lookup, on a connection of its own: a database error
+    there is still answered like any other (here a statement timeout: 503, retry), not a 500."""
+    tenant = unique_tenant()
+    app = create_app(settings_for(infra, Settings, "tickets", db_statement_timeout_ms=300))
+    async with app_client(app) as client:
+        agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+        await create_ticket(client, agent, subject="first")
+        before = await tenant_state(infra, tenant)
+        blocker = await asyncpg.connect(plain_dsn(infra.admin_url))
+        try:
+            async with blocker.transaction():  # holds the tenant's number counter
+                await blocker.execute(
+                    "SELECT 1 FROM tickets.ticket_numbers WHERE tenant_id = $1 FOR UPDATE", tenant
+                )
+                response = await client.post(TICKETS, json={"subject": "second"}, headers=agent)
+        finally:
+            await blocker.close()
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"]
+        assert await tenant_state(infra, tenant) == before
+        assert (await create_ticket(client, agent, subject="third"))["number"] == 2
