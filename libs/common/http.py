@@ -19,6 +19,9 @@ log = structlog.get_logger()
 REQUEST_ID_HEADER = b"x-request-id"
 # A client may pass its own id for tracing, but never anything that could poison logs.
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+# Probes and scrapes: no request log line (they come every few seconds), and they never wait
+# behind API requests under the concurrency limit.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def incoming_request_id(scope: Scope) -> str:
@@ -56,7 +59,7 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if scope["path"] not in ("/healthz", "/readyz", "/metrics"):
+            if scope["path"] not in PROBE_PATHS:
                 log.info(
                     "http_request",
                     method=scope["method"],
@@ -132,8 +135,6 @@ class RequestDeadlineMiddleware:
             )(scope, receive, send)
 
 
-# Probes and scrapes never wait behind API requests.
-UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Bodies up to this size are read before the request waits for its place, so a slow client
 # never holds one; larger or unsized bodies (uploads) are streamed and run outside the limit.
 BUFFERED_BODY_MAX_BYTES = 1024 * 1024
@@ -159,7 +160,7 @@ class ConcurrencyLimitMiddleware:
         self.waiting = HTTP_WAITING.labels(service)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.slots is None or scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+        if self.slots is None or scope["type"] != "http" or scope["path"] in PROBE_PATHS:
             await self.app(scope, receive, send)
             return
         body_length = _content_length(scope)
