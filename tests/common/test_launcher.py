@@ -1,0 +1,40 @@
+"""The launcher's embedded PostgreSQL: the platform's processes reach it over a Unix socket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
+import pytest
+
+from libs.common.db import plain_dsn
+from libs.common.launcher import PostgresServer, service_database_url
+from tests.conftest import Infra
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_services_reach_the_embedded_postgres_over_its_unix_socket(infra: Infra) -> None:
+    role = "helpdesk_tickets"
+    url = service_database_url(infra.admin_url, role, infra.secrets.role_passwords[role])
+    connection = await asyncpg.connect(plain_dsn(url))
+    try:
+        assert await connection.fetchval("SELECT inet_server_addr()") is None  # NULL: not over TCP
+        assert await connection.fetchval("SELECT current_user") == role
+    finally:
+        await connection.close()
+
+    # The port still answers, for psql and other tools.
+    password = quote(infra.secrets.pg_password, safe="")
+    tcp = f"postgresql://postgres:{password}@127.0.0.1:{infra.postgres.port}/helpdesk?sslmode=disable"
+    connection = await asyncpg.connect(tcp)
+    try:
+        assert await connection.fetchval("SELECT host(inet_server_addr())") == "127.0.0.1"
+    finally:
+        await connection.close()
+
+
+def test_a_data_directory_too_deep_for_a_socket_path_keeps_to_tcp(tmp_path: Path) -> None:
+    server = PostgresServer(tmp_path / ("d" * 110) / "pg", 55999, "pw")
+    assert server.socket_dir is None
+    assert "@127.0.0.1:55999/helpdesk" in server.admin_url
