@@ -57,15 +57,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def accepts_connections(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port.
+
+    The probe takes its own port before connecting, and never `port` itself: the embedded
+    servers' ports lie in Linux's ephemeral range, and a probe the kernel gave the target port
+    would connect to itself (TCP simultaneous open), pass for the server and keep the server
+    from binding (seen once: NATS exited with "address already in use" and `helpdesk up` hung).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        if sock.getsockname()[1] == port:
+            return False
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if accepts_connections(port):
+            return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from urllib.parse import quote
 
@@ -9,7 +10,7 @@ import asyncpg
 import pytest
 
 from libs.common.db import plain_dsn
-from libs.common.launcher import PostgresServer, service_database_url
+from libs.common.launcher import PostgresServer, accepts_connections, free_port, service_database_url
 from tests.conftest import Infra
 
 
@@ -38,3 +39,16 @@ def test_a_data_directory_too_deep_for_a_socket_path_keeps_to_tcp(tmp_path: Path
     server = PostgresServer(tmp_path / ("d" * 110) / "pg", 55999, "pw")
     assert server.socket_dir is None
     assert "@127.0.0.1:55999/helpdesk" in server.admin_url
+
+
+def test_a_port_probe_never_mistakes_itself_for_a_server() -> None:
+    port = free_port()
+    # The hazard: with nothing listening, a socket holding the port "connects" to itself.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as itself:
+        itself.bind(("127.0.0.1", port))
+        assert itself.connect_ex(("127.0.0.1", port)) == 0
+    assert not accepts_connections(port)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert accepts_connections(server.getsockname()[1])
