@@ -182,14 +182,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         (data_dir / "stack.json").write_text(json.dumps(description, indent=2))
         print_banner(description, data_dir)
         while not stopping.is_set():
-            for service in stack.services:
-                if service.process.poll() is not None:
-                    print(
-                        f"helpdesk up: {service.spec.name} exited with code {service.process.returncode}",
-                        file=sys.stderr,
-                    )
-                    exit_code = 1
-                    stopping.set()
+            if exited := stack.exited():
+                print(f"helpdesk up: {exited}", file=sys.stderr)
+                exit_code = 1
+                stopping.set()
             stopping.wait(0.5)
     except PortInUseError as exc:
         print(f"helpdesk up: {exc}", file=sys.stderr)

@@ -367,6 +367,17 @@ class Stack:
             "nats_url": self.nats_url,
         }
 
+    def exited(self) -> str | None:
+        """Which of the stack's processes has exited (services and the embedded servers), if any."""
+        watched = [(service.spec.name, service.process) for service in self.services]
+        for name, server in (("PostgreSQL", self.postgres), ("NATS", self.nats)):
+            if server is not None and server.process is not None:
+                watched.append((name, server.process))
+        for name, process in watched:
+            if process.poll() is not None:
+                return f"{name} exited with code {process.returncode}"
+        return None
+
     def stop_services(self) -> dict[str, int | None]:
         codes = {}
         for service in reversed(self.services):

@@ -10,7 +10,14 @@ import asyncpg
 import pytest
 
 from libs.common.db import plain_dsn
-from libs.common.launcher import PostgresServer, accepts_connections, free_port, service_database_url
+from libs.common.launcher import (
+    NatsServer,
+    PostgresServer,
+    Stack,
+    accepts_connections,
+    free_port,
+    service_database_url,
+)
 from tests.conftest import Infra
 
 
@@ -52,3 +59,17 @@ def test_a_port_probe_never_mistakes_itself_for_a_server() -> None:
         server.bind(("127.0.0.1", 0))
         server.listen()
         assert accepts_connections(server.getsockname()[1])
+
+
+def test_the_stack_notices_when_its_embedded_nats_dies(tmp_path: Path) -> None:
+    nats = NatsServer(tmp_path / "nats", free_port())
+    nats.start()
+    stack = Stack(database_url="", nats_url=nats.url, ports={}, nats=nats)
+    try:
+        assert stack.exited() is None
+        assert nats.process is not None
+        nats.process.kill()
+        nats.process.wait(10)
+        assert stack.exited() == "NATS exited with code -9"  # `helpdesk up` prints it and exits 1
+    finally:
+        stack.stop()
