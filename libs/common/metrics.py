@@ -1,11 +1,31 @@
-"""Prometheus metrics shared by every service, plus the HTTP middleware and /metrics route."""
+"""Prometheus metrics shared by every service, plus the HTTP middleware and /metrics route.
+
+A service run with several worker processes (`--workers`, see `libs.common.serve`) shares one
+port, so a scrape reaches one worker at random. The supervisor then sets
+`PROMETHEUS_MULTIPROC_DIR` before starting the workers: prometheus-client's multiprocess mode
+keeps every worker's values in files there, and /metrics answers with all workers' values
+combined (counters summed, including those of a worker that has since died, so they never go
+back; gauges as each one's `multiprocess_mode` says).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import re
 import time
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HTTP_LATENCY = Histogram(
@@ -18,6 +38,7 @@ HTTP_WAITING = Gauge(
     "helpdesk_http_requests_waiting",
     "Requests waiting for a place under the process's concurrency limit",
     ["service"],
+    multiprocess_mode="livesum",  # the workers' queues together
 )
 EVENTS_PUBLISHED = Counter(
     "helpdesk_events_published_total", "Outbox events acknowledged by JetStream", ["service"]
@@ -32,9 +53,15 @@ EVENTS_DUPLICATE = Counter(
 DEAD_LETTERS = Counter(
     "helpdesk_dead_letters_total", "Events moved to the dead-letter table", ["service", "stream"]
 )
-OUTBOX_BACKLOG = Gauge("helpdesk_outbox_backlog", "Unpublished outbox rows", ["service"])
+# Every worker measures the same shared table or consumer: the latest reading is the value.
+OUTBOX_BACKLOG = Gauge(
+    "helpdesk_outbox_backlog", "Unpublished outbox rows", ["service"], multiprocess_mode="livemostrecent"
+)
 CONSUMER_LAG = Gauge(
-    "helpdesk_consumer_lag", "Messages pending for the durable consumer", ["service", "stream"]
+    "helpdesk_consumer_lag",
+    "Messages pending for the durable consumer",
+    ["service", "stream"],
+    multiprocess_mode="livemostrecent",
 )
 
 
@@ -78,5 +105,38 @@ metrics_router = APIRouter()
 
 @metrics_router.get("/metrics", include_in_schema=False)
 async def metrics() -> Response:
-    """Prometheus text exposition of this process's metrics."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition of this process's metrics, or of all its workers' together."""
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def exposition() -> bytes:
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not metrics_dir:
+        return generate_latest()
+    forget_dead_workers(metrics_dir)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=metrics_dir)
+    return generate_latest(registry)
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
+
+
+def forget_dead_workers(metrics_dir: str) -> None:
+    """Drop the live gauges of workers that are gone (ended, or killed and restarted by the
+    supervisor), so a dead worker's queue length is not reported as current."""
+    for path in glob.glob(os.path.join(metrics_dir, "gauge_live*_*.db")):
+        match = _LIVE_GAUGE_FILE.search(path)
+        if match and not _alive(pid := int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):  # another worker got there first
+                multiprocess.mark_process_dead(pid, metrics_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, someone else's
+        return True
+    return True

@@ -7,9 +7,14 @@ drain on SIGTERM/SIGINT that ends with exit status 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
@@ -55,6 +60,24 @@ class WorkerOwnSocket:
         return (bind_reuse_port, (self.host, self.port))
 
 
+@contextlib.contextmanager
+def shared_metrics_dir() -> Iterator[None]:
+    """Workers keep their Prometheus values in one directory, so /metrics (answered by any of
+    them) reports all of them (`libs.common.metrics`). A directory given in
+    `PROMETHEUS_MULTIPROC_DIR` is used as it is (it must be empty at start); otherwise a fresh
+    temporary one lives as long as the supervisor."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    metrics_dir = tempfile.mkdtemp(prefix="helpdesk-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the workers inherit it
+    try:
+        yield
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="helpdesk-serve", description=__doc__)
     parser.add_argument("app_factory", help="module:function returning the ASGI app")
@@ -85,12 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"helpdesk-serve: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 3
-        with port_claim:
+        with port_claim, shared_metrics_dir():
             # uvicorn's supervisor: restarts a worker that dies, drains all on SIGTERM.
             Multiprocess(config, sockets=[WorkerOwnSocket(args.host, args.port)]).run()  # type: ignore[list-item]
         return 0
     if args.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        with shared_metrics_dir():
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
         return 0
     server = uvicorn.Server(config)
     server.run()

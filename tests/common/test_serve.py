@@ -1,9 +1,11 @@
-"""`python -m libs.common.serve` with several workers: connections are spread over the workers."""
+"""`python -m libs.common.serve` with several workers: connections are spread over the workers, and
+/metrics reports all of them whichever one answers."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,7 +13,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from libs.common.launcher import free_port
 
@@ -32,8 +36,27 @@ def pid_app():
     return app
 
 
-def serve(port: int, workers: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "libs.common.serve", "tests.common.test_serve:pid_app"]
+def metrics_app():
+    """App factory: the shared metrics middleware and /metrics, and /probe answering its worker's
+    pid and setting a live gauge (the concurrency limit's queue length) to 1 in that worker."""
+    from fastapi import FastAPI
+
+    from libs.common.metrics import HTTP_WAITING, MetricsMiddleware, metrics_router
+
+    app = FastAPI()
+
+    @app.get("/probe")
+    async def probe() -> int:
+        HTTP_WAITING.labels("probe").set(1)
+        return os.getpid()
+
+    app.include_router(metrics_router)
+    app.add_middleware(MetricsMiddleware, service="probe")
+    return app
+
+
+def serve(port: int, workers: int, app: str = "pid_app") -> subprocess.Popen:
+    command = [sys.executable, "-m", "libs.common.serve", f"tests.common.test_serve:{app}"]
     command += ["--port", str(port), "--workers", str(workers)]
     return subprocess.Popen(
         command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -102,3 +125,60 @@ def test_a_taken_port_is_refused_with_its_number():
         _, stderr = process.communicate(timeout=30)
     assert process.returncode != 0
     assert str(port) in stderr
+
+
+def probe(port: int) -> int:
+    """GET /probe on a connection of its own (so SO_REUSEPORT picks a worker each time)."""
+    return int(httpx.get(f"http://127.0.0.1:{port}/probe", timeout=10).text)
+
+
+def exited(pid: int) -> bool:
+    """Whether the process has exited (a zombie its parent has not reaped yet counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def scrape(port: int) -> tuple[float, float]:
+    """(/probe requests counted, livesum of the queue gauge) from one scrape of /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    counted, waiting = 0.0, 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, labels = sample.name, sample.labels
+            if name == "helpdesk_http_request_duration_seconds_count" and labels["route"] == "/probe":
+                counted += sample.value
+            if name == "helpdesk_http_requests_waiting" and labels["service"] == "probe":
+                waiting += sample.value
+    return counted, waiting
+
+
+def test_metrics_of_every_worker_are_reported_by_whichever_answers():
+    port = free_port()
+    process = serve(port, workers=2, app="metrics_app")
+    try:
+        wait_serving(process, port)
+        served = Counter(probe(port) for _ in range(40))
+        assert len(served) == 2, served  # both workers counted some
+        # Each worker alone counted only its share: every scrape must report all 40.
+        assert [scrape(port) for _ in range(8)] == [(40, 2)] * 8
+
+        # A worker killed and restarted by the supervisor: its requests stay counted (counters
+        # never go back) and its queue gauge is no longer reported as current.
+        killed = next(iter(served))
+        os.kill(killed, signal.SIGKILL)
+        requests, deadline = 40, time.monotonic() + 30
+        while not exited(killed):  # its listening socket is closed then
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        while True:
+            assert time.monotonic() < deadline, "the killed worker was not replaced"
+            requests += 1
+            if probe(port) not in served:
+                break
+            time.sleep(0.2)
+        assert scrape(port) == (requests, 2)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
