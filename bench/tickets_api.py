@@ -1,7 +1,9 @@
 """Load benchmark of the tickets API: through the gateway, then directly against the tickets service.
 
 `helpdesk bench tickets-api [--seconds S] [--concurrency C]` reads `.helpdesk/stack.json` (written by
-`helpdesk up`), logs in once as the demo agent through the gateway, then runs two phases of S seconds
+`helpdesk up`), logs in once through the gateway as the agent of tenant `bench` (created by
+`helpdesk up` next to the demo users, so the tickets the benchmark creates stay out of the demo
+tenant; an older stack.json without it: the demo agent), then runs two phases of S seconds
 each (after a short unmeasured warm-up): first against the gateway, then against the tickets service
 with the same token (services verify the JWT themselves). The load of each phase comes from a separate
 process (`python -m bench.tickets_api --worker ...`) running a uvloop event loop with C clients that
@@ -256,12 +258,13 @@ def load_stack(stack_file: Path) -> tuple[str, str, str, str]:
         gateway, tickets = stack["gateway"], stack["services"]["tickets"]
     except (ValueError, KeyError, TypeError) as exc:
         raise BenchError(f"{stack_file} is not a stack description from `helpdesk up` ({exc!r})") from None
-    agent = (stack.get("demo") or {}).get("users", {}).get("agent", {})
-    email = agent.get("email", "agent@demo.test")
+    users = (stack.get("bench") or stack.get("demo") or {}).get("users", {})
+    agent = users.get("agent", {})
+    email = agent.get("email", "agent@bench.test")
     password = os.environ.get("HELPDESK_DEMO_PASSWORD") or agent.get("password")
     if not password:
         raise BenchError(
-            f"no demo agent password: {stack_file} has no demo users (stack started with --no-demo?) "
+            f"no agent password: {stack_file} has no bench or demo users (stack started with --no-demo?) "
             "and HELPDESK_DEMO_PASSWORD is not set"
         )
     return gateway, tickets, email, password

@@ -125,6 +125,16 @@ def seed_demo(stack: Stack, admin_url: str, secrets_: Secrets) -> dict:
     return {"tenant": DEMO_TENANT, "users": users}
 
 
+def seed_bench_agent(admin_url: str, secrets_: Secrets) -> dict:
+    """The benchmark's agent in tenant `bench` (created once, with the demo password)."""
+    from libs.cli.demo import BENCH_AGENT, BENCH_TENANT
+
+    password = demo_passwords(secrets_)["agent"]
+    if not asyncio.run(_user_exists(admin_url, BENCH_AGENT)):
+        asyncio.run(_create_user(admin_url, BENCH_TENANT, BENCH_AGENT, password, "agent"))
+    return {"tenant": BENCH_TENANT, "users": {"agent": {"email": BENCH_AGENT, "password": password}}}
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     data_dir = home()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +189,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         description = stack.describe()
         if args.demo:
             description["demo"] = seed_demo(stack, stack.database_url, secrets_)
+            description["bench"] = seed_bench_agent(stack.database_url, secrets_)
         (data_dir / "stack.json").write_text(json.dumps(description, indent=2))
         print_banner(description, data_dir)
         while not stopping.is_set():

@@ -114,6 +114,18 @@ def test_load_stack_prefers_the_environment_password(tmp_path, monkeypatch):
     assert load_stack(stack_file)[3] == "from-env"
 
 
+def test_load_stack_logs_in_as_the_bench_tenants_agent_when_the_stack_has_one(tmp_path, monkeypatch):
+    stack_file = tmp_path / "stack.json"
+    users = {
+        "demo": {"tenant": "demo", "users": {"agent": {"email": "agent@demo.test", "password": "d"}}},
+        "bench": {"tenant": "bench", "users": {"agent": {"email": "agent@bench.test", "password": "b"}}},
+    }
+    stack = {"gateway": "http://127.0.0.1:8080", "services": {"tickets": "http://127.0.0.1:8101"}, **users}
+    stack_file.write_text(json.dumps(stack))
+    monkeypatch.delenv("HELPDESK_DEMO_PASSWORD", raising=False)
+    assert load_stack(stack_file)[2:] == ("agent@bench.test", "b")
+
+
 def test_load_stack_without_stack_file_says_to_start_the_stack(tmp_path):
     with pytest.raises(BenchError, match="make up"):
         load_stack(tmp_path / "stack.json")

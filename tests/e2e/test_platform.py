@@ -33,6 +33,10 @@ async def test_stack_json_describes_every_process(running_stack):
     assert description["gateway"] == running_stack.url("gateway")
     assert set(description["services"]) == {"tickets", "summarization", "notifications", "analytics"}
     assert description["demo"]["tenant"] == "demo"
+    assert description["bench"] == {
+        "tenant": "bench",
+        "users": {"agent": {"email": "agent@bench.test", "password": DEMO_PASSWORD}},
+    }
     async with httpx.AsyncClient() as client:
         for spec in STACK:
             url = running_stack.url(spec.name)
@@ -48,6 +52,19 @@ async def test_demo_tenant_is_seeded_with_tickets(running_stack):
     subjects = [t["subject"] for t in page["items"]]
     assert len(subjects) >= 50
     assert any("엘리베이터" in s for s in subjects) and any("Elevator" in s for s in subjects)
+
+
+async def test_the_benchmarks_agent_creates_tickets_outside_the_demo_tenant(running_stack):
+    async with httpx.AsyncClient(base_url=running_stack.gateway, timeout=10) as client:
+        bench, demo = await login(client, "agent@bench.test"), await login(client, "agent@demo.test")
+        demo_before = (await client.get("/api/v1/tickets", params={"limit": 200}, headers=demo)).json()
+        created = await client.post("/api/v1/tickets", json={"subject": "bench load"}, headers=bench)
+        assert created.status_code == 201, created.text
+        ticket = created.json()["id"]
+        assert (await client.get(f"/api/v1/tickets/{ticket}", headers=bench)).status_code == 200
+        assert (await client.get(f"/api/v1/tickets/{ticket}", headers=demo)).status_code == 404
+        demo_after = (await client.get("/api/v1/tickets", params={"limit": 200}, headers=demo)).json()
+    assert demo_after["items"] == demo_before["items"]
 
 
 async def test_ticket_created_through_the_gateway_is_counted_by_analytics(running_stack):
