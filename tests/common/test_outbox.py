@@ -211,6 +211,8 @@ async def test_acks_that_never_come_time_out_and_are_released(infra, monkeypatch
         await asyncio.sleep(0)
         assert relay.js.publish_async_pending() == 0  # the client's slots for those acks are freed
     finally:
+        # Closed only once reconnected: closing mid-reconnect can fail on the dead transport.
+        await wait_until(_connected(nc), timeout=30)
         await nc.close()
 
 
@@ -239,3 +241,10 @@ async def _pending(engine, tenant: str) -> int:
             .select_from(outbox)
             .where(outbox.c.published_at.is_(None), outbox.c.subject.like(f"tickets.{tenant}.%"))
         )
+
+
+def _connected(nc):
+    async def connected() -> bool:
+        return nc.is_connected
+
+    return connected
