@@ -286,6 +286,24 @@ tenant_settings = Table(
     _created_at(),
 )
 
+# An SLA change too large to apply to the open tickets inside the admin's request: the SLA
+# scheduler moves them in batches, `after_id` (ticket ids ascend) marking how far it got.
+sla_retargets = Table(
+    "sla_retargets",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("priorities", ARRAY(Text), nullable=False),
+    Column("requested_by", Text, nullable=False),
+    Column("open_tickets", Integer, nullable=False),  # when requested
+    Column("tickets_updated", Integer, nullable=False, server_default="0"),
+    Column("after_id", UUID(as_uuid=True)),
+    _created_at(),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("ix_sla_retargets_tenant", "tenant_id", "created_at"),
+    Index("ix_sla_retargets_unfinished", "created_at", postgresql_where=text("finished_at IS NULL")),
+)
+
 # Slugs of tenants that have tickets, for cross-tenant jobs (readable by all, no tenant data).
 tenants = Table("tenants", metadata, Column("tenant_id", Text, primary_key=True), _created_at())
 

@@ -428,13 +428,23 @@ async def count_open_tickets(session: AsyncSession, tenant_id: str, priorities: 
 
 
 async def lock_open_tickets(
-    session: AsyncSession, tenant_id: str, priorities: list[str]
+    session: AsyncSession,
+    tenant_id: str,
+    priorities: list[str],
+    *,
+    after_id: UUID | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Those tickets locked for update in id order, with their SLA state."""
+    """Those tickets (with ids after `after_id`, at most `limit`) locked for update in id order,
+    with their SLA state."""
+    condition = _open_tickets_of(tenant_id, priorities)
+    if after_id is not None:
+        condition = and_(condition, tickets.c.id > after_id)
     query = (
         select(*TICKET_COLUMNS, *SLA_STATE_COLUMNS)
-        .where(_open_tickets_of(tenant_id, priorities))
+        .where(condition)
         .order_by(tickets.c.id)
+        .limit(limit)
         .with_for_update()
     )
     return [_plain(row) for row in rows_as_dicts(await session.execute(query))]

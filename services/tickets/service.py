@@ -40,6 +40,7 @@ from services.tickets.schemas import (
     TicketCreate,
     TicketUpdate,
 )
+from services.tickets.sla import repository as sla_repository
 from services.tickets.sla import service as sla
 from services.tickets.workflow import Status, StatusCategory, Workflow
 
@@ -471,28 +472,69 @@ async def bulk_update(session: AsyncSession, identity: Identity, data: BulkUpdat
 
 async def retarget_open_tickets(
     session: AsyncSession, identity: Identity, priorities: list[str], *, max_tickets: int
-) -> int:
+) -> tuple[int, dict[str, Any] | None]:
     """After an admin changed SLA policies or the calendar (in this transaction): give the
     tenant's open tickets of `priorities` the deadlines the current targets set, each change with
-    history and a `ticket.updated` event. Returns how many tickets changed. Deadlines count from
-    each ticket's creation, paused time credited; one now in the past is announced as a breach
-    by the next scan. More than `max_tickets` open tickets: a 409 problem, nothing changes."""
+    history and a `ticket.updated` event. Deadlines count from each ticket's creation, paused
+    time credited; one now in the past is announced as a breach by the next scan.
+
+    Up to `max_tickets` open tickets move here, in the admin's transaction: returns (how many
+    changed, None). More are left to the SLA scheduler, which moves them in batches of its own
+    (`continue_retarget`): returns (0, the queued retarget), committed with the change itself."""
     if not priorities:
-        return 0
-    tenant, now = identity.tenant, datetime.now(UTC)
-    concerned = await repository.count_open_tickets(session, tenant, priorities)
+        return 0, None
+    concerned = await repository.count_open_tickets(session, identity.tenant, priorities)
     if concerned > max_tickets:
-        raise ProblemError(
-            409,
-            "Conflict",
-            f"{concerned} open tickets would get new deadlines, more than {max_tickets} in one change; "
-            "save it without apply_to_open_tickets (open tickets keep their deadlines)",
-            type_="https://helpdesk.dev/problems/too-many-tickets",
-            open_tickets=concerned,
-            max_tickets=max_tickets,
+        queued = await sla_repository.insert_retarget(
+            session,
+            {
+                "id": new_id(),
+                "tenant_id": identity.tenant,
+                "priorities": priorities,
+                "requested_by": identity.user_id,
+                "open_tickets": concerned,
+            },
         )
-    count = 0
-    for ticket in await repository.lock_open_tickets(session, tenant, priorities):
+        return 0, sla.retarget_view(queued)
+    changed, _, _ = await _retarget_batch(session, identity, priorities)
+    return changed, None
+
+
+async def continue_retarget(session: AsyncSession, tenant: str, batch_size: int) -> bool:
+    """Move the next batch of open tickets of the tenant's oldest unfinished retarget (in the
+    caller's transaction, scoped to `tenant`) and record how far it got; the batch and that mark
+    commit together, so a crash repeats nothing and skips nothing. False when no retarget is
+    waiting (or each is being worked on by another replica)."""
+    job = await sla_repository.claim_retarget(session, tenant)
+    if job is None:
+        return False
+    # Changes are the admin's who asked for them (history, events).
+    identity = Identity(tenant=tenant, user_id=job["requested_by"], roles=frozenset({"admin"}))
+    changed, seen, last_id = await _retarget_batch(
+        session, identity, job["priorities"], after_id=job["after_id"], limit=batch_size
+    )
+    progress: dict[str, Any] = {"tickets_updated": job["tickets_updated"] + changed}
+    if last_id is not None:
+        progress["after_id"] = last_id
+    if seen < batch_size:
+        progress["finished_at"] = datetime.now(UTC)
+    await sla_repository.record_retarget_progress(session, tenant, job["id"], progress)
+    return True
+
+
+async def _retarget_batch(
+    session: AsyncSession,
+    identity: Identity,
+    priorities: list[str],
+    *,
+    after_id: UUID | None = None,
+    limit: int | None = None,
+) -> tuple[int, int, UUID | None]:
+    """(tickets changed, tickets looked at, id of the last one) of one locked batch."""
+    tenant, now = identity.tenant, datetime.now(UTC)
+    batch = await repository.lock_open_tickets(session, tenant, priorities, after_id=after_id, limit=limit)
+    changed = 0
+    for ticket in batch:
         changes = await sla.current_deadline_changes(session, tenant, ticket, now)
         if not changes:
             continue
@@ -500,8 +542,8 @@ async def retarget_open_tickets(
             session, tenant, ticket["id"], {**changes, "updated_at": now}
         )
         await _announce_changes(session, identity, ticket, updated, changes, now)
-        count += 1
-    return count
+        changed += 1
+    return changed, len(batch), UUID(str(batch[-1]["id"])) if batch else None
 
 
 # -- comments ----------------------------------------------------------------------------------

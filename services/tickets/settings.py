@@ -33,12 +33,12 @@ DEFAULT_ATTACHMENT_TYPES = [
 class Settings(CommonSettings):
     service_name: str = "tickets"
 
-    # SLA breach scheduler: how often every tenant is scanned, and how many breaches one
-    # transaction marks (per kind) before committing and taking the next batch.
+    # SLA scheduler: how often it runs, and how many breaches (per kind) or retargeted tickets
+    # one transaction handles before committing and taking the next batch.
     sla_scan_interval_s: float = Field(default=15.0, gt=0)
     sla_scan_batch_size: int = Field(default=200, ge=1, le=5000)
-    # Open tickets one SLA change may move (`apply_to_open_tickets`): each is locked, updated and
-    # gets history and an event inside the admin's request transaction.
+    # Open tickets one SLA change moves inside the admin's request (`apply_to_open_tickets`; each
+    # locked, updated, with history and an event); more are moved by the scheduler in batches.
     sla_retarget_max_tickets: int = Field(default=2000, ge=1)
 
     # Attachments: size limit per file and the media types accepted (exact, lowercase).

@@ -47,6 +47,7 @@ TENANT_TABLES = [
     "categories",
     "sla_policies",
     "tenant_settings",
+    "sla_retargets",
 ]
 # Written by the consumer runner for events of every tenant before any tenant is known; the
 # dead-letter API filters by the caller's tenant explicitly.
@@ -88,6 +89,12 @@ async def two_tenants(infra) -> TwoTenants:
                 tenant,
             )
             await conn.execute("INSERT INTO tickets.tenant_settings (tenant_id) VALUES ($1)", tenant)
+            await conn.execute(
+                "INSERT INTO tickets.sla_retargets (id, tenant_id, priorities, requested_by, open_tickets,"
+                " finished_at) VALUES ($1, $2, '{low}', 'admin-1', 0, now())",
+                uuid.uuid4(),
+                tenant,
+            )
             await conn.execute(
                 "INSERT INTO tickets.attachments (id, tenant_id, ticket_id, filename, content_type,"
                 " size_bytes, sha256, storage_key, uploaded_by)"
@@ -263,7 +270,7 @@ async def test_every_tenant_table_forces_row_level_security_with_the_tenant_poli
            FROM pg_class c
            JOIN pg_namespace n ON n.oid = c.relnamespace
            LEFT JOIN pg_policies p ON p.schemaname = n.nspname AND p.tablename = c.relname
-                AND p.policyname <> 'sla_breach_scan'
+                AND p.policyname NOT IN ('sla_breach_scan', 'sla_retarget_scan')
            WHERE n.nspname = 'tickets' AND c.relname = ANY($1::text[])
            GROUP BY c.relname, c.relrowsecurity, c.relforcerowsecurity""",
         TENANT_TABLES,
@@ -277,15 +284,18 @@ async def test_every_tenant_table_forces_row_level_security_with_the_tenant_poli
         "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'tickets.tenants'::regclass"
     )
     assert registry["relrowsecurity"] and registry["relforcerowsecurity"]
-    # The one other policy lets the table's owner (the migration role, which the SLA scan's
-    # function runs as) read tickets; the service role is not among its roles.
-    [owner_policy] = await service_conn.fetch(
-        "SELECT p.cmd, p.roles, pg_get_userbyid(c.relowner) AS owner FROM pg_policies p"
-        " JOIN pg_class c ON c.oid = 'tickets.tickets'::regclass"
-        " WHERE p.schemaname = 'tickets' AND p.policyname = 'sla_breach_scan'"
+    # The two other policies let the tables' owner (the migration role, which the SLA scans'
+    # functions run as) read tickets and retargets; the service role is not among their roles.
+    owner_policies = await service_conn.fetch(
+        "SELECT p.tablename, p.cmd, p.roles, pg_get_userbyid(c.relowner) AS owner FROM pg_policies p"
+        " JOIN pg_class c ON c.relname = p.tablename AND c.relnamespace = 'tickets'::regnamespace"
+        " WHERE p.schemaname = 'tickets' AND p.policyname IN ('sla_breach_scan', 'sla_retarget_scan')"
+        " ORDER BY p.tablename"
     )
-    assert owner_policy["cmd"] == "SELECT" and owner_policy["roles"] == [owner_policy["owner"]]
-    assert await service_conn.fetchval("SELECT current_user") != owner_policy["owner"]
+    assert [row["tablename"] for row in owner_policies] == ["sla_retargets", "tickets"]
+    for owner_policy in owner_policies:
+        assert owner_policy["cmd"] == "SELECT" and owner_policy["roles"] == [owner_policy["owner"]]
+        assert await service_conn.fetchval("SELECT current_user") != owner_policy["owner"]
 
 
 async def test_every_table_with_a_tenant_column_is_classified(service_conn):
@@ -301,17 +311,18 @@ async def test_every_table_with_a_tenant_column_is_classified(service_conn):
 
 async def test_no_function_in_the_schema_runs_with_its_owners_rights_but_the_sla_scans(service_conn):
     # A SECURITY DEFINER function owned by the migration role reads past every policy. The SLA
-    # scan's one returns tenant slugs only (which tickets.tenants shows the service anyway).
+    # scheduler's two return tenant slugs only (which tickets.tenants shows the service anyway).
     definers = await service_conn.fetch(
         "SELECT p.proname, pg_get_function_result(p.oid) AS result, p.proconfig"
         " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
-        " WHERE n.nspname = 'tickets' AND p.prosecdef"
+        " WHERE n.nspname = 'tickets' AND p.prosecdef ORDER BY p.proname"
     )
     assert [(row["proname"], row["result"]) for row in definers] == [
-        ("tenants_with_due_sla_breaches", "SETOF text")
+        ("tenants_with_due_sla_breaches", "SETOF text"),
+        ("tenants_with_sla_retargets", "SETOF text"),
     ]
     # A fixed search path, so no caller's objects can stand in for the ones it means.
-    assert definers[0]["proconfig"] == ["search_path=pg_catalog, pg_temp"]
+    assert all(row["proconfig"] == ["search_path=pg_catalog, pg_temp"] for row in definers)
 
 
 # -- pooled connections ------------------------------------------------------------------------

@@ -5,10 +5,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from libs.common.db import set_tenant
+from services.tickets import service as tickets_service
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
-from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
-from tests.tickets.helpers import TICKETS, add_comment, create_ticket, outbox_types, patch_ticket
+from services.tickets.sla.scheduler import run_retargets
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
+from tests.tickets.helpers import TICKETS, add_comment, admin_fetch, create_ticket, outbox_types, patch_ticket
 
 POLICIES = "/api/v1/tickets/sla/policies"
 CALENDAR = "/api/v1/tickets/sla/calendar"
@@ -163,7 +166,7 @@ async def test_calendar_defaults_then_round_trips_normalised(tickets, infra):
         "business_hours": {"mon": [["09:00", "12:00"], ["13:00", "18:00"]], "fri": [["09:00", "18:00"]]},
         "holidays": ["2025-03-03", "2025-10-03"],
     }
-    assert saved.json() == {**expected, "open_tickets_updated": 0}
+    assert saved.json() == {**expected, "open_tickets_updated": 0, "retarget": None}
     assert (await tickets.get(CALENDAR, headers=agent(infra, tenant))).json() == expected
 
     cleared = await tickets.put(
@@ -174,6 +177,7 @@ async def test_calendar_defaults_then_round_trips_normalised(tickets, infra):
         "business_hours": {},
         "holidays": [],
         "open_tickets_updated": 0,
+        "retarget": None,
     }
 
 
@@ -368,24 +372,173 @@ async def test_retargeted_deadlines_keep_the_time_the_clock_was_paused(tickets, 
     assert abs(datetime.fromisoformat(moved["due_at"]) - expected) < timedelta(milliseconds=1)
 
 
-async def test_too_many_open_tickets_to_move_is_a_409_and_nothing_changes(infra):
-    settings = settings_for(infra, Settings, "tickets", sla_scan_interval_s=3600, sla_retarget_max_tickets=2)
+def _many_settings(infra) -> Settings:
+    # The scheduler idles (the test runs its retarget pass); requests move at most 2 open tickets,
+    # the background 2 per batch.
+    return settings_for(
+        infra,
+        Settings,
+        "tickets",
+        sla_scan_interval_s=3600,
+        sla_retarget_max_tickets=2,
+        sla_scan_batch_size=2,
+    )
+
+
+async def _due_at_history(infra, ticket_ids: list[str]) -> dict[str, list[str]]:
+    rows = await admin_fetch(
+        infra,
+        "SELECT ticket_id::text, actor_id FROM tickets.ticket_history"
+        " WHERE field = 'due_at' AND ticket_id::text = ANY($1::text[]) ORDER BY created_at",
+        ticket_ids,
+    )
+    history: dict[str, list[str]] = {ticket_id: [] for ticket_id in ticket_ids}
+    for row in rows:
+        history[row["ticket_id"]].append(row["actor_id"])
+    return history
+
+
+async def test_many_open_tickets_move_in_the_background_batch_by_batch(infra):
+    app = create_app(_many_settings(infra))
+    tenant = unique_tenant()
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    async with app_client(app) as client:
+        await client.put(f"{POLICIES}/urgent", json=URGENT, headers=boss)
+        concerned = [await create_ticket(client, staff, priority="urgent") for _ in range(5)]
+        done = await create_ticket(client, staff, priority="urgent")
+        await patch_ticket(client, staff, done, status="resolved")
+        slower = {**URGENT, "resolution_minutes": 480}
+        saved = await client.put(
+            f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=slower, headers=boss
+        )
+        assert saved.status_code == 200, saved.text
+        body = saved.json()
+        assert body["resolution_minutes"] == 480 and body["open_tickets_updated"] == 0
+        retarget = body["retarget"]
+        assert retarget["status"] == "queued" and retarget["priorities"] == ["urgent"]
+        assert (retarget["open_tickets"], retarget["tickets_updated"]) == (5, 0)
+        assert retarget["requested_by"] == "admin-1" and retarget["finished_at"] is None
+        # The policy is saved at once (new tickets get it); open ones wait for the background.
+        assert _minutes_after_creation(await create_ticket(client, staff, priority="urgent"), "due_at") == 480
+        for ticket in concerned:
+            assert (await _read(client, staff, ticket))["due_at"] == ticket["due_at"]
+
+        progress = f"{POLICIES.rsplit('/', 1)[0]}/retargets/{retarget['id']}"
+        assert (await client.get(progress, headers=boss)).json() == retarget
+        assert (await client.get(progress, headers=staff)).status_code == 403
+        listing = await client.get(f"{POLICIES.rsplit('/', 1)[0]}/retargets", headers=boss)
+        assert [item["id"] for item in listing.json()["items"]] == [retarget["id"]]
+
+        # 6 open tickets (the one created since is already on the new targets) in batches of 2,
+        # then a batch that finds none left.
+        assert await run_retargets(app.state.session_factory, batch_size=2) == 4
+        finished = (await client.get(progress, headers=boss)).json()
+        assert finished["status"] == "done" and finished["finished_at"] is not None
+        assert finished["tickets_updated"] == 5
+        for ticket in concerned:
+            moved = await _read(client, staff, ticket)
+            assert _minutes_after_creation(moved, "due_at") == 480
+            assert (await outbox_types(infra, ticket["id"]))[-1] == "helpdesk.tickets.ticket.updated.v1"
+        assert (await _read(client, staff, done))["due_at"] == done["due_at"]
+        history = await _due_at_history(infra, [ticket["id"] for ticket in concerned])
+        assert history == {ticket["id"]: ["admin-1"] for ticket in concerned}
+        assert await run_retargets(app.state.session_factory, batch_size=2) == 0  # nothing left
+
+
+async def test_a_failed_retarget_batch_leaves_nothing_half_done(infra):
+    app = create_app(_many_settings(infra))
+    tenant = unique_tenant()
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    async with app_client(app) as client:
+        await client.put(f"{POLICIES}/high", json=URGENT, headers=boss)
+        concerned = [await create_ticket(client, staff, priority="high") for _ in range(3)]
+        saved = await client.put(
+            f"{POLICIES}/high",
+            params={"apply_to_open_tickets": "true"},
+            json={**URGENT, "resolution_minutes": 600},
+            headers=boss,
+        )
+        retarget = saved.json()["retarget"]
+
+        # A batch whose transaction dies after its work (a crash, a lost connection): rolled back
+        # with the mark of how far it got, so the next pass does it again, once.
+        factory = app.state.session_factory
+        with pytest.raises(RuntimeError):
+            async with factory() as session, session.begin():
+                await set_tenant(session, tenant)
+                assert await tickets_service.continue_retarget(session, tenant, batch_size=2)
+                raise RuntimeError("crash before commit")
+        progress = f"{POLICIES.rsplit('/', 1)[0]}/retargets/{retarget['id']}"
+        assert (await client.get(progress, headers=boss)).json()["status"] == "queued"
+        for ticket in concerned:
+            assert (await _read(client, staff, ticket))["due_at"] == ticket["due_at"]
+
+        # Two replicas at once: each batch is claimed by one of them.
+        await asyncio.gather(run_retargets(factory, batch_size=2), run_retargets(factory, batch_size=2))
+        assert (await client.get(progress, headers=boss)).json()["tickets_updated"] == 3
+        history = await _due_at_history(infra, [ticket["id"] for ticket in concerned])
+        assert history == {ticket["id"]: ["admin-1"] for ticket in concerned}
+
+
+async def test_a_deleted_policy_with_many_open_tickets_answers_202_with_the_retarget(infra):
+    app = create_app(_many_settings(infra))
+    tenant = unique_tenant()
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    async with app_client(app) as client:
+        await client.put(f"{POLICIES}/low", json=URGENT, headers=boss)
+        concerned = [await create_ticket(client, staff, priority="low") for _ in range(3)]
+        deleted = await client.delete(f"{POLICIES}/low", params={"apply_to_open_tickets": "1"}, headers=boss)
+        assert deleted.status_code == 202, deleted.text
+        retarget = deleted.json()
+        assert retarget["status"] == "queued" and retarget["open_tickets"] == 3
+        assert deleted.headers["location"] == f"/api/v1/tickets/sla/retargets/{retarget['id']}"
+        assert (await client.get(POLICIES, headers=boss)).json()["items"] == []
+        await run_retargets(app.state.session_factory, batch_size=2)
+        for ticket in concerned:
+            cleared = await _read(client, staff, ticket)
+            assert cleared["due_at"] is None and cleared["first_response_due_at"] is None
+
+
+async def test_retargets_are_the_tenants_own(infra):
+    app = create_app(_many_settings(infra))
+    tenant, other = unique_tenant(), unique_tenant()
+    async with app_client(app) as client:
+        boss = admin(infra, tenant)
+        await client.put(f"{POLICIES}/medium", json=URGENT, headers=boss)
+        for _ in range(3):
+            await create_ticket(client, agent(infra, tenant), priority="medium")
+        saved = await client.put(
+            f"{POLICIES}/medium", params={"apply_to_open_tickets": "true"}, json=URGENT, headers=boss
+        )
+        progress = f"/api/v1/tickets/sla/retargets/{saved.json()['retarget']['id']}"
+        assert (await client.get(progress, headers=admin(infra, other))).status_code == 404
+        listing = await client.get("/api/v1/tickets/sla/retargets", headers=admin(infra, other))
+        assert listing.json()["items"] == []
+        malformed = await client.get("/api/v1/tickets/sla/retargets/not-a-uuid", headers=boss)
+        assert malformed.status_code == 422
+        assert malformed.headers["content-type"] == "application/problem+json"
+
+
+async def test_the_running_sla_scheduler_finishes_a_waiting_retarget(infra):
+    settings = settings_for(
+        infra, Settings, "tickets", sla_scan_interval_s=0.2, sla_retarget_max_tickets=2, sla_scan_batch_size=2
+    )
     tenant = unique_tenant()
     staff, boss = agent(infra, tenant), admin(infra, tenant)
     async with app_client(create_app(settings)) as client:
         await client.put(f"{POLICIES}/urgent", json=URGENT, headers=boss)
-        created = [await create_ticket(client, staff, priority="urgent") for _ in range(3)]
-        slower = {**URGENT, "resolution_minutes": 480}
-        refused = await client.put(
-            f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=slower, headers=boss
+        concerned = [await create_ticket(client, staff, priority="urgent") for _ in range(3)]
+        saved = await client.put(
+            f"{POLICIES}/urgent",
+            params={"apply_to_open_tickets": "true"},
+            json={**URGENT, "first_response_minutes": 45},
+            headers=boss,
         )
-        assert refused.status_code == 409, refused.text
-        assert refused.headers["content-type"] == "application/problem+json"
-        problem = refused.json()
-        assert (problem["open_tickets"], problem["max_tickets"]) == (3, 2)
-        assert "apply_to_open_tickets" in problem["detail"]
-        # The policy change went with it: one transaction.
-        policies = (await client.get(POLICIES, headers=boss)).json()["items"]
-        assert policies[0]["resolution_minutes"] == 240
-        for ticket in created:
-            assert (await _read(client, staff, ticket))["due_at"] == ticket["due_at"]
+        progress = f"/api/v1/tickets/sla/retargets/{saved.json()['retarget']['id']}"
+
+        async def done() -> bool:
+            return (await client.get(progress, headers=boss)).json()["status"] == "done"
+
+        await wait_until(done, timeout=20)
+        for ticket in concerned:
+            assert _minutes_after_creation(await _read(client, staff, ticket), "first_response_due_at") == 45

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
+from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity, IdentityDep, require_roles
 from libs.common.db import TenantSessionDep
+from libs.common.responses import FastJSONResponse
 from services.tickets import service as tickets_service
 from services.tickets.schemas import Priority
 from services.tickets.sla import service
@@ -19,6 +21,8 @@ from services.tickets.sla.schemas import (
     SlaPolicyList,
     SlaPolicyPut,
     SlaPolicyWrite,
+    SlaRetarget,
+    SlaRetargetList,
 )
 
 router = APIRouter(prefix="/api/v1/tickets/sla", tags=["sla"])
@@ -30,8 +34,9 @@ ApplyToOpenTickets = Annotated[
     Query(
         description="Also move the deadlines of the open tickets concerned to the new targets (counted "
         "from each ticket's creation, paused time still credited; each change in the ticket's history). "
-        "By default existing deadlines stay as they are. At most `HELPDESK_SLA_RETARGET_MAX_TICKETS` "
-        "(2000) tickets in one change: more is a 409 problem and nothing changes."
+        "By default existing deadlines stay as they are. Up to `HELPDESK_SLA_RETARGET_MAX_TICKETS` "
+        "(2000) open tickets move within the request; more are moved by a background job, batch by "
+        "batch (`retarget` in the answer; progress at `GET /api/v1/tickets/sla/retargets/{id}`)."
     ),
 ]
 
@@ -54,8 +59,10 @@ async def put_policy(
     """Create or replace the policy of a priority (admins). Tickets created or re-prioritised
     afterwards get deadlines from it; open ones too with `apply_to_open_tickets=true`."""
     policy = await service.put_policy(session, identity.tenant, priority.value, data)
-    updated = await _retarget(request, session, identity, [priority.value]) if apply_to_open_tickets else 0
-    return {**policy, "open_tickets_updated": updated}
+    updated, retarget = (0, None)
+    if apply_to_open_tickets:
+        updated, retarget = await _retarget(request, session, identity, [priority.value])
+    return {**policy, "open_tickets_updated": updated, "retarget": retarget}
 
 
 @router.delete(
@@ -63,6 +70,12 @@ async def put_policy(
     status_code=status.HTTP_204_NO_CONTENT,
     dependencies=[ADMIN],
     response_class=Response,
+    responses={
+        202: {
+            "model": SlaRetarget,
+            "description": "Deleted; the open tickets lose their deadlines in the background",
+        }
+    },
 )
 async def delete_policy(
     request: Request,
@@ -72,10 +85,15 @@ async def delete_policy(
     apply_to_open_tickets: ApplyToOpenTickets = False,
 ) -> Response:
     """Remove the policy of a priority (admins): new tickets of that priority get no deadlines,
-    and with `apply_to_open_tickets=true` the open ones lose theirs."""
+    and with `apply_to_open_tickets=true` the open ones lose theirs (202 with the background job
+    when there are too many to do within the request)."""
     await service.delete_policy(session, identity.tenant, priority.value)
     if apply_to_open_tickets:
-        await _retarget(request, session, identity, [priority.value])
+        _, retarget = await _retarget(request, session, identity, [priority.value])
+        if retarget is not None:
+            return FastJSONResponse(
+                retarget, status_code=202, headers={"Location": f"{router.prefix}/retargets/{retarget['id']}"}
+            )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -98,17 +116,35 @@ async def put_calendar(
     times are local to `time_zone` (IANA name). Existing deadlines stay as they are unless
     `apply_to_open_tickets=true` (tickets whose policy counts business hours only)."""
     calendar = await service.put_calendar(session, identity.tenant, data)
-    updated = 0
+    updated, retarget = (0, None)
     if apply_to_open_tickets:
         policies = await service.list_policies(session, identity.tenant)
         counting_hours = [policy["priority"] for policy in policies if policy["business_hours_only"]]
-        updated = await _retarget(request, session, identity, counting_hours)
-    return {**calendar, "open_tickets_updated": updated}
+        updated, retarget = await _retarget(request, session, identity, counting_hours)
+    return {**calendar, "open_tickets_updated": updated, "retarget": retarget}
+
+
+@router.get("/retargets", response_model=SlaRetargetList, dependencies=[ADMIN])
+async def list_retargets(
+    session: TenantSessionDep,
+    identity: IdentityDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict:
+    """The tenant's background retargets, newest first (admins)."""
+    return {"items": await service.list_retargets(session, identity.tenant, limit)}
+
+
+@router.get("/retargets/{retarget_id}", response_model=SlaRetarget, dependencies=[ADMIN])
+async def get_retarget(retarget_id: UUID, session: TenantSessionDep, identity: IdentityDep) -> dict:
+    """How far a background retarget got (admins): `queued`, `running` or `done`, and how many
+    open tickets changed so far."""
+    return await service.get_retarget(session, identity.tenant, retarget_id)
 
 
 async def _retarget(
     request: Request, session: AsyncSession, identity: Identity, priorities: list[str]
-) -> int:
-    """`apply_to_open_tickets`: the open tickets of `priorities` get the current targets."""
+) -> tuple[int, dict[str, Any] | None]:
+    """`apply_to_open_tickets`: the open tickets of `priorities` get the current targets, here or,
+    when there are many, in the background (see `retarget_open_tickets`)."""
     max_tickets = request.app.state.settings.sla_retarget_max_tickets
     return await tickets_service.retarget_open_tickets(session, identity, priorities, max_tickets=max_tickets)

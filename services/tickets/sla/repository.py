@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from typing import Any, Literal
+from uuid import UUID
 
 from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.db import fetch_all, rows_as_dicts
-from services.tickets.models import sla_policies, tenant_settings, tickets
+from services.tickets.models import sla_policies, sla_retargets, tenant_settings, tickets
 
 POLICY_COLUMNS = [
     sla_policies.c.priority,
@@ -110,6 +111,74 @@ async def upsert_calendar(
         .returning(*CALENDAR_COLUMNS)
     )
     return rows_as_dicts(await session.execute(statement))[0]
+
+
+RETARGET_COLUMNS = [
+    sla_retargets.c.id,
+    sla_retargets.c.priorities,
+    sla_retargets.c.requested_by,
+    sla_retargets.c.open_tickets,
+    sla_retargets.c.tickets_updated,
+    sla_retargets.c.after_id,
+    sla_retargets.c.created_at,
+    sla_retargets.c.finished_at,
+]
+
+
+async def insert_retarget(session: AsyncSession, values: dict[str, Any]) -> dict[str, Any]:
+    statement = insert(sla_retargets).values(**values).returning(*RETARGET_COLUMNS)
+    return rows_as_dicts(await session.execute(statement))[0]
+
+
+async def get_retarget(session: AsyncSession, tenant: str, retarget_id: UUID) -> dict[str, Any] | None:
+    result = await session.execute(
+        select(*RETARGET_COLUMNS).where(
+            sla_retargets.c.tenant_id == tenant, sla_retargets.c.id == retarget_id
+        )
+    )
+    rows = rows_as_dicts(result)
+    return rows[0] if rows else None
+
+
+async def list_retargets(session: AsyncSession, tenant: str, limit: int) -> list[dict[str, Any]]:
+    result = await session.execute(
+        select(*RETARGET_COLUMNS)
+        .where(sla_retargets.c.tenant_id == tenant)
+        .order_by(sla_retargets.c.created_at.desc(), sla_retargets.c.id.desc())
+        .limit(limit)
+    )
+    return rows_as_dicts(result)
+
+
+async def claim_retarget(session: AsyncSession, tenant: str) -> dict[str, Any] | None:
+    """The tenant's oldest unfinished retarget, locked; None if there is none or another
+    replica holds it (SKIP LOCKED: it is being worked on)."""
+    result = await session.execute(
+        select(*RETARGET_COLUMNS)
+        .where(sla_retargets.c.tenant_id == tenant, sla_retargets.c.finished_at.is_(None))
+        .order_by(sla_retargets.c.created_at, sla_retargets.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    rows = rows_as_dicts(result)
+    return rows[0] if rows else None
+
+
+async def record_retarget_progress(
+    session: AsyncSession, tenant: str, retarget_id: UUID, values: dict[str, Any]
+) -> None:
+    await session.execute(
+        update(sla_retargets)
+        .where(sla_retargets.c.tenant_id == tenant, sla_retargets.c.id == retarget_id)
+        .values(**values)
+    )
+
+
+async def tenants_with_retargets(session: AsyncSession) -> list[str]:
+    """The tenants with an unfinished retarget (migration 0010's function, as for breaches)."""
+    statement = text("SELECT tickets.tenants_with_sla_retargets() AS tenant_id ORDER BY 1")
+    result = await session.execute(statement)
+    return list(result.scalars())
 
 
 async def tenants_with_due_breaches(session: AsyncSession, now: datetime) -> list[str]:

@@ -1,6 +1,10 @@
-"""The SLA breach scheduler: a background job of the tickets service, safe in every replica.
+"""The SLA scheduler: a background job of the tickets service, safe in every replica.
 
-Each scan asks which tenants have breaches due (one query over partial indexes, however many
+Each pass first works through the SLA retargets waiting (open tickets moved to new targets after
+a change too large for the admin's request): one transaction per batch, the retarget claimed
+with FOR UPDATE SKIP LOCKED, the batch's changes and how far it got committed together.
+
+Then it asks which tenants have breaches due (one query over partial indexes, however many
 tenants there are); per such tenant one transaction marks the breaching tickets (claimed with
 FOR UPDATE SKIP LOCKED) and writes their `ticket.sla_breached` outbox rows, so a breach is
 announced exactly once however many replicas scan at the same time.
@@ -17,6 +21,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.db import set_tenant
+from services.tickets import service as tickets_service
 from services.tickets.sla import repository, service
 
 log = structlog.get_logger()
@@ -52,6 +57,28 @@ async def scan_once(
     return total
 
 
+async def run_retargets(
+    factory: async_sessionmaker[AsyncSession], batch_size: int, stop: asyncio.Event | None = None
+) -> int:
+    """Work through every unfinished retarget, a batch per transaction; returns the batches done.
+    A failing tenant is logged and left for the next pass (its progress so far is kept)."""
+    async with factory() as session, session.begin():
+        tenants = await repository.tenants_with_retargets(session)
+    batches = 0
+    for tenant in tenants:
+        while stop is None or not stop.is_set():
+            try:
+                async with factory() as session, session.begin():
+                    await set_tenant(session, tenant)
+                    if not await tickets_service.continue_retarget(session, tenant, batch_size):
+                        break
+            except Exception as exc:
+                log.error("sla_retarget_failed", tenant=tenant, error=repr(exc))
+                break
+            batches += 1
+    return batches
+
+
 async def run_sla_scheduler(app: FastAPI, stop: asyncio.Event) -> None:
     """Scan every `sla_scan_interval_s` until `stop` is set; errors are logged, never fatal."""
     settings = app.state.settings
@@ -59,6 +86,9 @@ async def run_sla_scheduler(app: FastAPI, stop: asyncio.Event) -> None:
     log.info("sla_scheduler_started", interval_s=interval)
     while not stop.is_set():
         try:
+            batches = await run_retargets(app.state.session_factory, settings.sla_scan_batch_size, stop)
+            if batches:
+                log.info("sla_retargets_progressed", batches=batches)
             announced = await scan_once(app.state.session_factory, settings.sla_scan_batch_size, stop)
             if announced:
                 log.info("sla_scan_announced", breaches=announced)

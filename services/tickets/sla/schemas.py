@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -48,11 +49,36 @@ class SlaPolicyRead(BaseModel):
     created_at: datetime
 
 
-OPEN_TICKETS_UPDATED = "How many open tickets got new deadlines (with `apply_to_open_tickets=true`)."
+OPEN_TICKETS_UPDATED = (
+    "How many open tickets got new deadlines in this request (with `apply_to_open_tickets=true`; "
+    "0 when they are moved in the background, see `retarget`)."
+)
+RETARGET = (
+    "With `apply_to_open_tickets=true` and more open tickets than the service moves in one "
+    "request (`HELPDESK_SLA_RETARGET_MAX_TICKETS`): the background job moving them, else null."
+)
+
+
+class SlaRetarget(BaseModel):
+    """Open tickets being moved to new SLA targets in the background, batch by batch."""
+
+    id: UUID
+    status: Literal["queued", "running", "done"]
+    priorities: list[Priority]
+    open_tickets: int = Field(description="Open tickets concerned when the change was saved.")
+    tickets_updated: int = Field(description="Tickets whose deadlines changed so far.")
+    requested_by: str = Field(description="The admin who made the change (actor of each change).")
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SlaRetargetList(BaseModel):
+    items: list[SlaRetarget]
 
 
 class SlaPolicyPut(SlaPolicyRead):
     open_tickets_updated: int = Field(description=OPEN_TICKETS_UPDATED)
+    retarget: SlaRetarget | None = Field(description=RETARGET)
 
 
 class SlaPolicyList(BaseModel):
@@ -109,3 +135,4 @@ class CalendarRead(BaseModel):
 
 class CalendarPut(CalendarRead):
     open_tickets_updated: int = Field(description=OPEN_TICKETS_UPDATED)
+    retarget: SlaRetarget | None = Field(description=RETARGET)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -239,6 +240,37 @@ async def put_calendar(session: AsyncSession, tenant_id: str, data: CalendarWrit
     return await repository.upsert_calendar(
         session, tenant_id, data.time_zone, data.business_hours, data.holidays
     )
+
+
+# -- retargets (open tickets moved to new targets in the background) ----------------------------
+
+
+def retarget_view(row: dict[str, Any]) -> dict[str, Any]:
+    if row["finished_at"] is not None:
+        status = "done"
+    else:
+        status = "running" if row["after_id"] is not None else "queued"
+    return {
+        "id": str(row["id"]),
+        "status": status,
+        "priorities": row["priorities"],
+        "open_tickets": row["open_tickets"],
+        "tickets_updated": row["tickets_updated"],
+        "requested_by": row["requested_by"],
+        "created_at": row["created_at"],
+        "finished_at": row["finished_at"],
+    }
+
+
+async def get_retarget(session: AsyncSession, tenant_id: str, retarget_id: UUID) -> dict[str, Any]:
+    row = await repository.get_retarget(session, tenant_id, retarget_id)
+    if row is None:
+        raise ProblemError(404, "Not Found", f"SLA retarget {retarget_id} not found")
+    return retarget_view(row)
+
+
+async def list_retargets(session: AsyncSession, tenant_id: str, limit: int) -> list[dict[str, Any]]:
+    return [retarget_view(row) for row in await repository.list_retargets(session, tenant_id, limit)]
 
 
 # -- breaches -----------------------------------------------------------------------------------
