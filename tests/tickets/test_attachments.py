@@ -23,7 +23,7 @@ from services.tickets.attachments.service import normalize_content_type, sanitiz
 from services.tickets.attachments.sweeper import SWEEP_LOCK_KEY, sweep_if_first, sweep_orphans
 from services.tickets.settings import Settings
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
-from tests.tickets.test_blobstore import object_keys, run_s3_server
+from tests.tickets.test_blobstore import object_keys, pending_uploads, run_s3_server
 
 MAX_BYTES = 200_000
 PDF = "application/pdf"
@@ -523,6 +523,38 @@ async def test_sweep_pages_through_an_s3_bucket(infra, admin_db):
         await store.close()
         assert sorted(deleted) == sorted(f"{tenant}/{ticket_id}/{i}" for i in orphan_ids)
         assert object_keys(s3) == [f"attachments/{tenant}/{ticket_id}/{kept_id}"]
+
+
+async def test_sweep_aborts_s3_uploads_whose_process_died(infra, admin_db):
+    with run_s3_server() as s3:
+        store = s3.store(prefix="attachments/")
+        tenant = unique_tenant()
+        ticket_id = await create_ticket(admin_db, tenant)
+        # What a process killed mid-upload leaves: started multipart uploads, never completed.
+        ours = [f"attachments/{tenant}/{ticket_id}/{uuid.uuid4()}" for _ in range(3)]
+        foreign = "attachments/backup.tar"  # not a key of ours: never touched
+        for key in (*ours, foreign):
+            s3.boto().create_multipart_upload(Bucket=s3.bucket, Key=key)
+        await store.put(f"{tenant}/{ticket_id}/{uuid.uuid4()}", _chunks(b"complete"))
+
+        # Started after the cutoff, an upload may still be running: kept. (moto reports every
+        # upload as started 2010-11-10T20:48:33Z.)
+        def anything(key: str) -> bool:
+            return True
+
+        before_them = datetime(2010, 1, 1, tzinfo=UTC)
+        assert await store.remove_stale_partial_uploads(before_them, is_ours=anything) == 0
+        assert sorted(pending_uploads(s3)) == sorted([*ours, foreign])
+
+        # The sweep aborts the stale ones of attachment keys, listing them page by page.
+        await _sweep(infra, store, now=datetime.now(UTC))
+        assert pending_uploads(s3) == [foreign]
+        s3.boto().create_multipart_upload(Bucket=s3.bucket, Key=ours[0])
+        after_them = datetime.now(UTC)
+        assert await store.remove_stale_partial_uploads(after_them, is_ours=anything, page_size=1) == 2
+        await store.close()
+        assert pending_uploads(s3) == []
+        assert len(object_keys(s3)) == 1  # stored objects are not touched by it
 
 
 async def _orphaned_file(admin_db, directory: Path) -> tuple[str, str, Path]:

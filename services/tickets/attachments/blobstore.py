@@ -13,7 +13,7 @@ import hmac
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,9 @@ WRITE_BATCH_BYTES = 1024 * 1024
 # Keys we create: "<tenant>/<ticket id>/<attachment id>"; every segment starts with a letter or digit,
 # so "..", absolute paths and hidden files cannot be expressed.
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,7}$")
+
+
+KeyFilter = Callable[[str], bool]
 
 
 class BlobStoreError(Exception):
@@ -67,6 +70,13 @@ class BlobStore(Protocol):
 
     def list_keys(self) -> AsyncIterator[tuple[str, datetime]]:
         """Every stored key with its last-modified time (for the orphan sweep)."""
+        ...
+
+    async def remove_stale_partial_uploads(self, started_before: datetime, is_ours: KeyFilter) -> int:
+        """Discard what uploads killed mid-way (kill -9, a lost machine) left behind, if they
+        started before `started_before` and were for a key `is_ours` accepts; returns how many.
+        A `put` that fails or is cancelled cleans up after itself; this is for the ones that
+        could not."""
         ...
 
     async def close(self) -> None: ...
@@ -141,10 +151,10 @@ class LocalBlobStore:
         for key, modified in found:
             yield key, modified
 
-    async def remove_stale_temporary_files(self, modified_before: datetime) -> int:
-        """Delete the temporary files of uploads killed mid-write (a `put` that fails or is
-        cancelled removes its own); returns how many."""
-        return await asyncio.to_thread(self._remove_stale_temporary_files, modified_before.timestamp())
+    async def remove_stale_partial_uploads(self, started_before: datetime, is_ours: KeyFilter) -> int:
+        """Delete the temporary files of uploads killed mid-write, last written before
+        `started_before`; returns how many. (Their names are never keys, and always ours.)"""
+        return await asyncio.to_thread(self._remove_stale_temporary_files, started_before.timestamp())
 
     def _remove_stale_temporary_files(self, cutoff: float) -> int:
         removed = 0
@@ -457,6 +467,39 @@ class S3BlobStore:
             token = _child_text(root, "NextContinuationToken")
             if _child_text(root, "IsTruncated") != "true" or not token:
                 return
+
+    async def remove_stale_partial_uploads(
+        self, started_before: datetime, is_ours: KeyFilter, page_size: int = 1000
+    ) -> int:
+        """Abort the multipart uploads under the prefix started before `started_before`: the parts
+        of one whose process died stay stored (and billed) until it is aborted. Returns how many.
+        (A bucket lifecycle rule aborting incomplete uploads does the same on the server's side.)"""
+        stale: list[tuple[str, str]] = []
+        markers = ""
+        while True:
+            query = f"uploads&max-uploads={page_size}&prefix=" + quote(self.prefix, safe="") + markers
+            response = await self._send("GET", f"{self.base_url}?{query}", "ListMultipartUploads")
+            root = ElementTree.fromstring(response.content)
+            for upload in _children(root, "Upload"):
+                key = (_child_text(upload, "Key") or "")[len(self.prefix) :]
+                upload_id, initiated = _child_text(upload, "UploadId"), _child_text(upload, "Initiated")
+                if not (_KEY_PATTERN.match(key) and is_ours(key) and upload_id and initiated):
+                    continue
+                if datetime.fromisoformat(initiated.replace("Z", "+00:00")) < started_before:
+                    stale.append((key, upload_id))
+            if _child_text(root, "IsTruncated") != "true":
+                break
+            next_key = _child_text(root, "NextKeyMarker") or ""
+            next_upload = _child_text(root, "NextUploadIdMarker") or ""
+            markers = f"&key-marker={quote(next_key, safe='')}&upload-id-marker={quote(next_upload, safe='')}"
+        for key, upload_id in stale:
+            await self._send(
+                "DELETE",
+                self.url_for(key, "uploadId=" + quote(upload_id, safe="")),
+                "AbortMultipartUpload",
+                ok=(200, 204, 404),
+            )
+        return len(stale)
 
     async def close(self) -> None:
         if self._client is not None:

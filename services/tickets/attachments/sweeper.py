@@ -2,8 +2,8 @@
 
 An upload stores its file first and commits the attachment row after; a process that dies in
 between leaves a file no row points to. The sweep deletes stored files older than the grace
-period whose attachment row does not exist, and in a local store the temporary files of
-uploads killed mid-write. Only keys of our own shape
+period whose attachment row does not exist, and what uploads killed mid-write left (a local
+store's temporary files, an S3 bucket's incomplete multipart uploads). Only keys of our own shape
 (`<tenant>/<ticket id>/<attachment id>`) are considered: anything else in the bucket is left
 alone. One process sweeps at a time (a PostgreSQL advisory lock): every worker and replica runs
 the job, but listing a large bucket once per pass is enough.
@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from libs.common.auth import TENANT_PATTERN
 from libs.common.db import set_tenant
 from services.tickets.attachments import repository
-from services.tickets.attachments.blobstore import BlobStore, LocalBlobStore, create_blob_store
+from services.tickets.attachments.blobstore import BlobStore, create_blob_store
 
 log = structlog.get_logger()
 
@@ -44,6 +44,10 @@ def attachment_of(key: str) -> tuple[str, UUID] | None:
         return parts[0], UUID(parts[2])
     except ValueError:
         return None
+
+
+def _is_attachment_key(key: str) -> bool:
+    return attachment_of(key) is not None
 
 
 async def sweep_orphans(
@@ -67,10 +71,9 @@ async def sweep_orphans(
                 if attachment_id not in kept:
                     await store.delete(keys[attachment_id])
                     deleted.append(keys[attachment_id])
-    if isinstance(store, LocalBlobStore):
-        removed = await store.remove_stale_temporary_files(now - grace)
-        if removed:
-            log.warning("stale_upload_files_deleted", count=removed)
+    removed = await store.remove_stale_partial_uploads(now - grace, is_ours=_is_attachment_key)
+    if removed:
+        log.warning("stale_partial_uploads_removed", count=removed)
     if deleted:
         log.warning("orphan_blobs_deleted", count=len(deleted), keys=deleted[:20])
     return deleted
