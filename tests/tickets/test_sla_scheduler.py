@@ -3,11 +3,13 @@
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import nats
 import pytest
+import structlog.testing
 from fastapi import FastAPI
 from sqlalchemy import insert, text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
@@ -18,7 +20,9 @@ from services.tickets.app import create_app
 from services.tickets.models import tickets as tickets_table
 from services.tickets.settings import Settings
 from services.tickets.sla import repository
-from services.tickets.sla.scheduler import run_sla_scheduler, scan_once
+from services.tickets.sla import scheduler as scheduler_module
+from services.tickets.sla import service as sla_service_module
+from services.tickets.sla.scheduler import run_sla_scheduler, scan_once, scan_tenant
 from tests.conftest import app_client, settings_for, unique_tenant, wait_until
 
 BREACHED_TYPE = "helpdesk.tickets.ticket.sla_breached.v1"
@@ -375,3 +379,26 @@ async def test_service_app_publishes_breaches_to_nats(infra, admin_engine):
         assert message.headers["Nats-Msg-Id"] == event["id"]
     finally:
         await nc.close()
+
+
+async def test_a_scan_logs_one_count_per_tenant_not_a_line_per_breach(infra, admin_engine, monkeypatch):
+    # After downtime a scan can announce thousands of breaches (the events carry each one).
+    tenant = unique_tenant("sla")
+    for _ in range(3):
+        await insert_ticket(admin_engine, tenant)
+    engine = create_engine(settings_for(infra, Settings, "tickets"))
+    config = structlog.get_config()
+    try:
+        # Every level reaches the capture (the tests' setup may filter), and the module loggers,
+        # cached with the earlier configuration, are made afresh.
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+        with structlog.testing.capture_logs() as logs:
+            for module in (scheduler_module, sla_service_module):
+                monkeypatch.setattr(module, "log", structlog.get_logger())
+            await scan_tenant(create_session_factory(engine), tenant, batch_size=2)
+    finally:
+        structlog.configure(**config)
+        await engine.dispose()
+    info = [entry for entry in logs if entry["log_level"] != "debug"]
+    assert info == [{"event": "sla_breaches_announced", "tenant": tenant, "breaches": 6, "log_level": "info"}]
+    assert sum(entry["event"] == "sla_breached" for entry in logs) == 6  # each at debug level

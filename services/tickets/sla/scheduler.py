@@ -37,6 +37,8 @@ async def scan_tenant(factory: async_sessionmaker[AsyncSession], tenant: str, ba
         total += announced
         # A full batch of either kind may leave more; anything less means the tenant is done.
         if announced < batch_size:
+            if total:
+                log.info("sla_breaches_announced", tenant=tenant, breaches=total)
             return total
 
 

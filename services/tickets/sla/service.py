@@ -300,5 +300,6 @@ async def announce_breaches(session: AsyncSession, tenant_id: str, now: datetime
             )
             await record_event(session, outbox, subject, event)
             announced += 1
-            log.info("sla_breached", tenant=tenant_id, ticket_id=str(row["id"]), kind=kind)
+            # Debug: after downtime a scan can announce thousands; the scheduler logs a count per tenant.
+            log.debug("sla_breached", tenant=tenant_id, ticket_id=str(row["id"]), kind=kind)
     return announced
