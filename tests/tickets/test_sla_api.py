@@ -9,6 +9,7 @@ from libs.common.db import set_tenant
 from services.tickets import service as tickets_service
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
+from services.tickets.sla import scheduler as scheduler_module
 from services.tickets.sla.scheduler import run_retargets
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
 from tests.tickets.helpers import TICKETS, add_comment, admin_fetch, create_ticket, outbox_types, patch_ticket
@@ -519,26 +520,47 @@ async def test_retargets_are_the_tenants_own(infra):
         assert malformed.headers["content-type"] == "application/problem+json"
 
 
-async def test_the_running_sla_scheduler_finishes_a_waiting_retarget(infra):
-    settings = settings_for(
-        infra, Settings, "tickets", sla_scan_interval_s=0.2, sla_retarget_max_tickets=2, sla_scan_batch_size=2
-    )
-    tenant = unique_tenant()
+async def _queue_retarget(client, infra, tenant: str, tickets: int, new_targets: dict) -> tuple[list, str]:
+    """`tickets` open urgent tickets, then an urgent policy change too large for the request:
+    (the tickets, the URL of the queued retarget)."""
     staff, boss = agent(infra, tenant), admin(infra, tenant)
+    await client.put(f"{POLICIES}/urgent", json=URGENT, headers=boss)
+    concerned = [await create_ticket(client, staff, priority="urgent") for _ in range(tickets)]
+    saved = await client.put(
+        f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=new_targets, headers=boss
+    )
+    return concerned, f"/api/v1/tickets/sla/retargets/{saved.json()['retarget']['id']}"
+
+
+async def _wait_done(client, infra, tenant: str, progress: str) -> None:
+    async def done() -> bool:
+        return (await client.get(progress, headers=admin(infra, tenant))).json()["status"] == "done"
+
+    await wait_until(done, timeout=20)
+
+
+async def test_the_running_sla_scheduler_finishes_a_waiting_retarget(infra):
+    settings = _many_settings(infra).model_copy(update={"sla_scan_interval_s": 0.2})
+    tenant = unique_tenant()
     async with app_client(create_app(settings)) as client:
-        await client.put(f"{POLICIES}/urgent", json=URGENT, headers=boss)
-        concerned = [await create_ticket(client, staff, priority="urgent") for _ in range(3)]
-        saved = await client.put(
-            f"{POLICIES}/urgent",
-            params={"apply_to_open_tickets": "true"},
-            json={**URGENT, "first_response_minutes": 45},
-            headers=boss,
-        )
-        progress = f"/api/v1/tickets/sla/retargets/{saved.json()['retarget']['id']}"
-
-        async def done() -> bool:
-            return (await client.get(progress, headers=boss)).json()["status"] == "done"
-
-        await wait_until(done, timeout=20)
+        faster = {**URGENT, "first_response_minutes": 45}
+        concerned, progress = await _queue_retarget(client, infra, tenant, 3, faster)
+        await _wait_done(client, infra, tenant, progress)
         for ticket in concerned:
-            assert _minutes_after_creation(await _read(client, staff, ticket), "first_response_due_at") == 45
+            moved = await _read(client, agent(infra, tenant), ticket)
+            assert _minutes_after_creation(moved, "first_response_due_at") == 45
+
+
+async def test_a_large_retarget_goes_on_pass_after_pass_without_waiting_for_the_interval(infra, monkeypatch):
+    # An hour between scans; each pass gives retargets a slice of time (a batch or so here), then
+    # scans for breaches, and starts the next pass at once while a retarget is left.
+    settings = _many_settings(infra).model_copy(update={"sla_scan_batch_size": 1})
+    tenant = unique_tenant()
+    async with app_client(create_app(settings)) as client:
+        slower = {**URGENT, "resolution_minutes": 300}
+        concerned, progress = await _queue_retarget(client, infra, tenant, 6, slower)
+    monkeypatch.setattr(scheduler_module, "RETARGET_SLICE_S", 0.001)
+    async with app_client(create_app(settings)) as client:  # its scheduler's first pass starts now
+        await _wait_done(client, infra, tenant, progress)
+        for ticket in concerned:
+            assert _minutes_after_creation(await _read(client, agent(infra, tenant), ticket), "due_at") == 300

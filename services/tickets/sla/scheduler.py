@@ -1,8 +1,9 @@
 """The SLA scheduler: a background job of the tickets service, safe in every replica.
 
 Each pass first works through the SLA retargets waiting (open tickets moved to new targets after
-a change too large for the admin's request): one transaction per batch, the retarget claimed
-with FOR UPDATE SKIP LOCKED, the batch's changes and how far it got committed together.
+a change too large for the admin's request), for a few seconds at most: one transaction per
+batch, the retarget claimed with FOR UPDATE SKIP LOCKED, the batch's changes and how far it got
+committed together. While retargets are left, the next pass follows without waiting.
 
 Then it asks which tenants have breaches due (one query over partial indexes, however many
 tenants there are); per such tenant one transaction marks the breaching tickets (claimed with
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import UTC, datetime
 
 import structlog
@@ -59,11 +61,23 @@ async def scan_once(
     return total
 
 
+# A pass spends at most this long on retargets before scanning for breaches, so moving a large
+# tenant's queue (minutes) never holds back breach announcements; it goes on in the next pass,
+# which then starts without waiting for the interval.
+RETARGET_SLICE_S = 5.0
+
+
 async def run_retargets(
-    factory: async_sessionmaker[AsyncSession], batch_size: int, stop: asyncio.Event | None = None
+    factory: async_sessionmaker[AsyncSession],
+    batch_size: int,
+    stop: asyncio.Event | None = None,
+    *,
+    time_budget_s: float | None = None,
 ) -> int:
-    """Work through every unfinished retarget, a batch per transaction; returns the batches done.
-    A failing tenant is logged and left for the next pass (its progress so far is kept)."""
+    """Work through the unfinished retargets, a batch per transaction, starting no new batch once
+    `time_budget_s` is spent (so at least one is done); returns the batches done. A failing
+    tenant is logged and left for the next pass (its progress so far is kept)."""
+    deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
     async with factory() as session, session.begin():
         tenants = await repository.tenants_with_retargets(session)
     batches = 0
@@ -78,7 +92,14 @@ async def run_retargets(
                 log.error("sla_retarget_failed", tenant=tenant, error=repr(exc))
                 break
             batches += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                return batches
     return batches
+
+
+async def _retargets_waiting(factory: async_sessionmaker[AsyncSession]) -> bool:
+    async with factory() as session, session.begin():
+        return bool(await repository.tenants_with_retargets(session))
 
 
 async def run_sla_scheduler(app: FastAPI, stop: asyncio.Event) -> None:
@@ -86,18 +107,23 @@ async def run_sla_scheduler(app: FastAPI, stop: asyncio.Event) -> None:
     settings = app.state.settings
     interval = settings.sla_scan_interval_s
     log.info("sla_scheduler_started", interval_s=interval)
+    factory, batch_size = app.state.session_factory, settings.sla_scan_batch_size
     while not stop.is_set():
+        more_to_move = False
         try:
-            batches = await run_retargets(app.state.session_factory, settings.sla_scan_batch_size, stop)
+            batches = await run_retargets(factory, batch_size, stop, time_budget_s=RETARGET_SLICE_S)
             if batches:
                 log.info("sla_retargets_progressed", batches=batches)
-            announced = await scan_once(app.state.session_factory, settings.sla_scan_batch_size, stop)
+            announced = await scan_once(factory, batch_size, stop)
             if announced:
                 log.info("sla_scan_announced", breaches=announced)
+            # Progress made and more waiting: go on at once (none made: another replica holds
+            # them, or they fail; the interval then paces the retries).
+            more_to_move = batches > 0 and await _retargets_waiting(factory)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # database away: try again next interval
             log.error("sla_scan_failed", error=repr(exc))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+            await asyncio.wait_for(stop.wait(), timeout=0 if more_to_move else interval)
     log.info("sla_scheduler_stopped")
