@@ -9,6 +9,7 @@ from libs.common.db import set_tenant
 from services.tickets import service as tickets_service
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
+from services.tickets.sla import endpoints as sla_endpoints
 from services.tickets.sla import scheduler as scheduler_module
 from services.tickets.sla.scheduler import run_retargets
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
@@ -373,9 +374,16 @@ async def test_retargeted_deadlines_keep_the_time_the_clock_was_paused(tickets, 
     assert abs(datetime.fromisoformat(moved["due_at"]) - expected) < timedelta(milliseconds=1)
 
 
+@pytest.fixture
+def scheduler_not_woken(monkeypatch):
+    """The app's scheduler is not woken by a queued retarget (it idles with its hour-long
+    interval), so the test drives the retarget itself."""
+    monkeypatch.setattr(sla_endpoints, "wake_scheduler", lambda app: None)
+
+
 def _many_settings(infra) -> Settings:
-    # The scheduler idles (the test runs its retarget pass); requests move at most 2 open tickets,
-    # the background 2 per batch.
+    # An hour between the scheduler's passes; requests move at most 2 open tickets, the
+    # background 2 per batch.
     return settings_for(
         infra,
         Settings,
@@ -399,7 +407,7 @@ async def _due_at_history(infra, ticket_ids: list[str]) -> dict[str, list[str]]:
     return history
 
 
-async def test_many_open_tickets_move_in_the_background_batch_by_batch(infra):
+async def test_many_open_tickets_move_in_the_background_batch_by_batch(infra, scheduler_not_woken):
     app = create_app(_many_settings(infra))
     tenant = unique_tenant()
     staff, boss = agent(infra, tenant), admin(infra, tenant)
@@ -446,7 +454,7 @@ async def test_many_open_tickets_move_in_the_background_batch_by_batch(infra):
         assert await run_retargets(app.state.session_factory, batch_size=2) == 0  # nothing left
 
 
-async def test_a_failed_retarget_batch_leaves_nothing_half_done(infra):
+async def test_a_failed_retarget_batch_leaves_nothing_half_done(infra, scheduler_not_woken):
     app = create_app(_many_settings(infra))
     tenant = unique_tenant()
     staff, boss = agent(infra, tenant), admin(infra, tenant)
@@ -481,7 +489,9 @@ async def test_a_failed_retarget_batch_leaves_nothing_half_done(infra):
         assert history == {ticket["id"]: ["admin-1"] for ticket in concerned}
 
 
-async def test_a_deleted_policy_with_many_open_tickets_answers_202_with_the_retarget(infra):
+async def test_a_deleted_policy_with_many_open_tickets_answers_202_with_the_retarget(
+    infra, scheduler_not_woken
+):
     app = create_app(_many_settings(infra))
     tenant = unique_tenant()
     staff, boss = agent(infra, tenant), admin(infra, tenant)
@@ -551,7 +561,9 @@ async def test_the_running_sla_scheduler_finishes_a_waiting_retarget(infra):
             assert _minutes_after_creation(moved, "first_response_due_at") == 45
 
 
-async def test_a_large_retarget_goes_on_pass_after_pass_without_waiting_for_the_interval(infra, monkeypatch):
+async def test_a_large_retarget_goes_on_pass_after_pass_without_waiting_for_the_interval(
+    infra, monkeypatch, scheduler_not_woken
+):
     # An hour between scans; each pass gives retargets a slice of time (a batch or so here), then
     # scans for breaches, and starts the next pass at once while a retarget is left.
     settings = _many_settings(infra).model_copy(update={"sla_scan_batch_size": 1})
@@ -564,3 +576,14 @@ async def test_a_large_retarget_goes_on_pass_after_pass_without_waiting_for_the_
         await _wait_done(client, infra, tenant, progress)
         for ticket in concerned:
             assert _minutes_after_creation(await _read(client, agent(infra, tenant), ticket), "due_at") == 300
+
+
+async def test_a_queued_retarget_starts_at_once_not_at_the_next_interval(infra):
+    settings = _many_settings(infra)  # an hour between the scheduler's passes
+    tenant = unique_tenant()
+    async with app_client(create_app(settings)) as client:
+        slower = {**URGENT, "resolution_minutes": 360}
+        concerned, progress = await _queue_retarget(client, infra, tenant, 3, slower)
+        await _wait_done(client, infra, tenant, progress)  # woken by the request that queued it
+        for ticket in concerned:
+            assert _minutes_after_creation(await _read(client, agent(infra, tenant), ticket), "due_at") == 360

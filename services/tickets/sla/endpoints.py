@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity, IdentityDep, require_roles
@@ -14,6 +14,7 @@ from libs.common.responses import FastJSONResponse
 from services.tickets import service as tickets_service
 from services.tickets.schemas import Priority
 from services.tickets.sla import service
+from services.tickets.sla.scheduler import wake_scheduler
 from services.tickets.sla.schemas import (
     CalendarPut,
     CalendarRead,
@@ -54,6 +55,7 @@ async def put_policy(
     data: SlaPolicyWrite,
     session: TenantSessionDep,
     identity: IdentityDep,
+    background: BackgroundTasks,
     apply_to_open_tickets: ApplyToOpenTickets = False,
 ) -> dict:
     """Create or replace the policy of a priority (admins). Tickets created or re-prioritised
@@ -61,7 +63,7 @@ async def put_policy(
     policy = await service.put_policy(session, identity.tenant, priority.value, data)
     updated, retarget = (0, None)
     if apply_to_open_tickets:
-        updated, retarget = await _retarget(request, session, identity, [priority.value])
+        updated, retarget = await _retarget(request, session, identity, [priority.value], background)
     return {**policy, "open_tickets_updated": updated, "retarget": retarget}
 
 
@@ -82,6 +84,7 @@ async def delete_policy(
     priority: Priority,
     session: TenantSessionDep,
     identity: IdentityDep,
+    background: BackgroundTasks,
     apply_to_open_tickets: ApplyToOpenTickets = False,
 ) -> Response:
     """Remove the policy of a priority (admins): new tickets of that priority get no deadlines,
@@ -89,7 +92,7 @@ async def delete_policy(
     when there are too many to do within the request)."""
     await service.delete_policy(session, identity.tenant, priority.value)
     if apply_to_open_tickets:
-        _, retarget = await _retarget(request, session, identity, [priority.value])
+        _, retarget = await _retarget(request, session, identity, [priority.value], background)
         if retarget is not None:
             return FastJSONResponse(
                 retarget, status_code=202, headers={"Location": f"{router.prefix}/retargets/{retarget['id']}"}
@@ -110,6 +113,7 @@ async def put_calendar(
     data: CalendarWrite,
     session: TenantSessionDep,
     identity: IdentityDep,
+    background: BackgroundTasks,
     apply_to_open_tickets: ApplyToOpenTickets = False,
 ) -> dict:
     """Replace the tenant's business calendar (admins). Intervals of one day must not overlap;
@@ -120,7 +124,7 @@ async def put_calendar(
     if apply_to_open_tickets:
         policies = await service.list_policies(session, identity.tenant)
         counting_hours = [policy["priority"] for policy in policies if policy["business_hours_only"]]
-        updated, retarget = await _retarget(request, session, identity, counting_hours)
+        updated, retarget = await _retarget(request, session, identity, counting_hours, background)
     return {**calendar, "open_tickets_updated": updated, "retarget": retarget}
 
 
@@ -142,9 +146,20 @@ async def get_retarget(retarget_id: UUID, session: TenantSessionDep, identity: I
 
 
 async def _retarget(
-    request: Request, session: AsyncSession, identity: Identity, priorities: list[str]
+    request: Request,
+    session: AsyncSession,
+    identity: Identity,
+    priorities: list[str],
+    background: BackgroundTasks,
 ) -> tuple[int, dict[str, Any] | None]:
     """`apply_to_open_tickets`: the open tickets of `priorities` get the current targets, here or,
     when there are many, in the background (see `retarget_open_tickets`)."""
     max_tickets = request.app.state.settings.sla_retarget_max_tickets
-    return await tickets_service.retarget_open_tickets(session, identity, priorities, max_tickets=max_tickets)
+    updated, retarget = await tickets_service.retarget_open_tickets(
+        session, identity, priorities, max_tickets=max_tickets
+    )
+    if retarget is not None:
+        # Background tasks run once the response is sent, after the request's transaction
+        # committed: the scheduler's pass then sees the retarget.
+        background.add_task(wake_scheduler, request.app)
+    return updated, retarget

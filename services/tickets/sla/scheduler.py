@@ -14,7 +14,6 @@ announced exactly once however many replicas scan at the same time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -102,13 +101,34 @@ async def _retargets_waiting(factory: async_sessionmaker[AsyncSession]) -> bool:
         return bool(await repository.tenants_with_retargets(session))
 
 
+def wake_scheduler(app: FastAPI) -> None:
+    """Start this process's next pass now: a retarget was just queued (and committed) here, so it
+    need not wait for the interval. Other replicas find it at their next pass."""
+    wakeup: asyncio.Event | None = getattr(app.state, "sla_wakeup", None)
+    if wakeup is not None:
+        wakeup.set()
+
+
+async def _pause(stop: asyncio.Event, wakeup: asyncio.Event, timeout: float) -> None:
+    """Until `stop` or `wakeup` is set, or `timeout` seconds have passed."""
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wakeup.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 async def run_sla_scheduler(app: FastAPI, stop: asyncio.Event) -> None:
-    """Scan every `sla_scan_interval_s` until `stop` is set; errors are logged, never fatal."""
+    """Scan every `sla_scan_interval_s` (or sooner, see `wake_scheduler`) until `stop` is set;
+    errors are logged, never fatal."""
     settings = app.state.settings
     interval = settings.sla_scan_interval_s
     log.info("sla_scheduler_started", interval_s=interval)
     factory, batch_size = app.state.session_factory, settings.sla_scan_batch_size
+    wakeup = app.state.sla_wakeup = asyncio.Event()
     while not stop.is_set():
+        wakeup.clear()  # a wake-up during this pass starts the next one at once
         more_to_move = False
         try:
             batches = await run_retargets(factory, batch_size, stop, time_budget_s=RETARGET_SLICE_S)
@@ -124,6 +144,5 @@ async def run_sla_scheduler(app: FastAPI, stop: asyncio.Event) -> None:
             raise
         except Exception as exc:  # database away: try again next interval
             log.error("sla_scan_failed", error=repr(exc))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=0 if more_to_move else interval)
+        await _pause(stop, wakeup, timeout=0 if more_to_move else interval)
     log.info("sla_scheduler_stopped")
