@@ -17,6 +17,7 @@ from tests.tickets.helpers import TICKETS, add_comment, admin_fetch, create_tick
 
 POLICIES = "/api/v1/tickets/sla/policies"
 CALENDAR = "/api/v1/tickets/sla/calendar"
+RETARGETS = "/api/v1/tickets/sla/retargets"
 URGENT = {"first_response_minutes": 15, "resolution_minutes": 240, "business_hours_only": False}
 
 
@@ -407,6 +408,27 @@ async def _due_at_history(infra, ticket_ids: list[str]) -> dict[str, list[str]]:
     return history
 
 
+async def _queue_retarget(
+    client, infra, tenant: str, tickets: int, new_targets: dict, priority: str = "urgent"
+) -> tuple[list, str]:
+    """`tickets` open tickets of `priority`, then a change of its policy too large for the
+    request: (the tickets, the URL of the queued retarget)."""
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    await client.put(f"{POLICIES}/{priority}", json=URGENT, headers=boss)
+    concerned = [await create_ticket(client, staff, priority=priority) for _ in range(tickets)]
+    saved = await client.put(
+        f"{POLICIES}/{priority}", params={"apply_to_open_tickets": "true"}, json=new_targets, headers=boss
+    )
+    return concerned, f"{RETARGETS}/{saved.json()['retarget']['id']}"
+
+
+async def _wait_done(client, infra, tenant: str, progress: str) -> None:
+    async def done() -> bool:
+        return (await client.get(progress, headers=admin(infra, tenant))).json()["status"] == "done"
+
+    await wait_until(done, timeout=20)
+
+
 async def test_many_open_tickets_move_in_the_background_batch_by_batch(infra, scheduler_not_woken):
     app = create_app(_many_settings(infra))
     tenant = unique_tenant()
@@ -432,10 +454,10 @@ async def test_many_open_tickets_move_in_the_background_batch_by_batch(infra, sc
         for ticket in concerned:
             assert (await _read(client, staff, ticket))["due_at"] == ticket["due_at"]
 
-        progress = f"{POLICIES.rsplit('/', 1)[0]}/retargets/{retarget['id']}"
+        progress = f"{RETARGETS}/{retarget['id']}"
         assert (await client.get(progress, headers=boss)).json() == retarget
         assert (await client.get(progress, headers=staff)).status_code == 403
-        listing = await client.get(f"{POLICIES.rsplit('/', 1)[0]}/retargets", headers=boss)
+        listing = await client.get(RETARGETS, headers=boss)
         assert [item["id"] for item in listing.json()["items"]] == [retarget["id"]]
 
         # 6 open tickets (the one created since is already on the new targets) in batches of 2,
@@ -459,15 +481,8 @@ async def test_a_failed_retarget_batch_leaves_nothing_half_done(infra, scheduler
     tenant = unique_tenant()
     staff, boss = agent(infra, tenant), admin(infra, tenant)
     async with app_client(app) as client:
-        await client.put(f"{POLICIES}/high", json=URGENT, headers=boss)
-        concerned = [await create_ticket(client, staff, priority="high") for _ in range(3)]
-        saved = await client.put(
-            f"{POLICIES}/high",
-            params={"apply_to_open_tickets": "true"},
-            json={**URGENT, "resolution_minutes": 600},
-            headers=boss,
-        )
-        retarget = saved.json()["retarget"]
+        slower = {**URGENT, "resolution_minutes": 600}
+        concerned, progress = await _queue_retarget(client, infra, tenant, 3, slower, priority="high")
 
         # A batch whose transaction dies after its work (a crash, a lost connection): rolled back
         # with the mark of how far it got, so the next pass does it again, once.
@@ -477,7 +492,6 @@ async def test_a_failed_retarget_batch_leaves_nothing_half_done(infra, scheduler
                 await set_tenant(session, tenant)
                 assert await tickets_service.continue_retarget(session, tenant, batch_size=2)
                 raise RuntimeError("crash before commit")
-        progress = f"{POLICIES.rsplit('/', 1)[0]}/retargets/{retarget['id']}"
         assert (await client.get(progress, headers=boss)).json()["status"] == "queued"
         for ticket in concerned:
             assert (await _read(client, staff, ticket))["due_at"] == ticket["due_at"]
@@ -502,7 +516,7 @@ async def test_a_deleted_policy_with_many_open_tickets_answers_202_with_the_reta
         assert deleted.status_code == 202, deleted.text
         retarget = deleted.json()
         assert retarget["status"] == "queued" and retarget["open_tickets"] == 3
-        assert deleted.headers["location"] == f"/api/v1/tickets/sla/retargets/{retarget['id']}"
+        assert deleted.headers["location"] == f"{RETARGETS}/{retarget['id']}"
         assert (await client.get(POLICIES, headers=boss)).json()["items"] == []
         await run_retargets(app.state.session_factory, batch_size=2)
         for ticket in concerned:
@@ -515,38 +529,13 @@ async def test_retargets_are_the_tenants_own(infra):
     tenant, other = unique_tenant(), unique_tenant()
     async with app_client(app) as client:
         boss = admin(infra, tenant)
-        await client.put(f"{POLICIES}/medium", json=URGENT, headers=boss)
-        for _ in range(3):
-            await create_ticket(client, agent(infra, tenant), priority="medium")
-        saved = await client.put(
-            f"{POLICIES}/medium", params={"apply_to_open_tickets": "true"}, json=URGENT, headers=boss
-        )
-        progress = f"/api/v1/tickets/sla/retargets/{saved.json()['retarget']['id']}"
+        _, progress = await _queue_retarget(client, infra, tenant, 3, URGENT, priority="medium")
         assert (await client.get(progress, headers=admin(infra, other))).status_code == 404
-        listing = await client.get("/api/v1/tickets/sla/retargets", headers=admin(infra, other))
+        listing = await client.get(RETARGETS, headers=admin(infra, other))
         assert listing.json()["items"] == []
-        malformed = await client.get("/api/v1/tickets/sla/retargets/not-a-uuid", headers=boss)
+        malformed = await client.get(f"{RETARGETS}/not-a-uuid", headers=boss)
         assert malformed.status_code == 422
         assert malformed.headers["content-type"] == "application/problem+json"
-
-
-async def _queue_retarget(client, infra, tenant: str, tickets: int, new_targets: dict) -> tuple[list, str]:
-    """`tickets` open urgent tickets, then an urgent policy change too large for the request:
-    (the tickets, the URL of the queued retarget)."""
-    staff, boss = agent(infra, tenant), admin(infra, tenant)
-    await client.put(f"{POLICIES}/urgent", json=URGENT, headers=boss)
-    concerned = [await create_ticket(client, staff, priority="urgent") for _ in range(tickets)]
-    saved = await client.put(
-        f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=new_targets, headers=boss
-    )
-    return concerned, f"/api/v1/tickets/sla/retargets/{saved.json()['retarget']['id']}"
-
-
-async def _wait_done(client, infra, tenant: str, progress: str) -> None:
-    async def done() -> bool:
-        return (await client.get(progress, headers=admin(infra, tenant))).json()["status"] == "done"
-
-    await wait_until(done, timeout=20)
 
 
 async def test_the_running_sla_scheduler_finishes_a_waiting_retarget(infra):
