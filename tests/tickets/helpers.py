@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -118,3 +119,20 @@ async def outbox_types(infra: Infra, aggregate_id: str) -> list[str]:
         aggregate_id,
     )
     return [row["type"] for row in rows]
+
+
+async def read_ticket(
+    client: httpx.AsyncClient, headers: dict[str, str], ticket: dict[str, Any]
+) -> dict[str, Any]:
+    """The ticket as `headers`' user reads it now."""
+    response = await client.get(f"{TICKETS}/{ticket['id']}", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def minutes_after_creation(ticket: dict[str, Any], column: str) -> float | None:
+    """How long after its creation the ticket's `column` (a deadline) falls, in minutes."""
+    if ticket[column] is None:
+        return None
+    delta = datetime.fromisoformat(ticket[column]) - datetime.fromisoformat(ticket["created_at"])
+    return delta.total_seconds() / 60

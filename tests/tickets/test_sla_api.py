@@ -5,19 +5,21 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from libs.common.db import set_tenant
-from services.tickets import service as tickets_service
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
-from services.tickets.sla import endpoints as sla_endpoints
-from services.tickets.sla import scheduler as scheduler_module
-from services.tickets.sla.scheduler import run_retargets
-from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
-from tests.tickets.helpers import TICKETS, add_comment, admin_fetch, create_ticket, outbox_types, patch_ticket
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
+from tests.tickets.helpers import (
+    TICKETS,
+    add_comment,
+    create_ticket,
+    minutes_after_creation,
+    outbox_types,
+    patch_ticket,
+    read_ticket,
+)
 
 POLICIES = "/api/v1/tickets/sla/policies"
 CALENDAR = "/api/v1/tickets/sla/calendar"
-RETARGETS = "/api/v1/tickets/sla/retargets"
 URGENT = {"first_response_minutes": 15, "resolution_minutes": 240, "business_hours_only": False}
 
 
@@ -240,19 +242,6 @@ async def test_ticket_api_applies_policies_pauses_and_resumes(tickets, infra):
     assert first_pushed == pushed
 
 
-async def _read(tickets, headers, ticket) -> dict:
-    response = await tickets.get(f"{TICKETS}/{ticket['id']}", headers=headers)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _minutes_after_creation(ticket: dict, column: str) -> float | None:
-    if ticket[column] is None:
-        return None
-    delta = datetime.fromisoformat(ticket[column]) - datetime.fromisoformat(ticket["created_at"])
-    return delta.total_seconds() / 60
-
-
 async def test_a_changed_policy_moves_open_tickets_only_when_asked(tickets, infra):
     tenant = unique_tenant()
     staff, boss = agent(infra, tenant), admin(infra, tenant)
@@ -270,7 +259,7 @@ async def test_a_changed_policy_moves_open_tickets_only_when_asked(tickets, infr
     slower = {**URGENT, "first_response_minutes": 30, "resolution_minutes": 480}
     kept = await tickets.put(f"{POLICIES}/urgent", json=slower, headers=boss)
     assert kept.status_code == 200 and kept.json()["open_tickets_updated"] == 0
-    assert _minutes_after_creation(await _read(tickets, staff, open_ticket), "due_at") == 240
+    assert minutes_after_creation(await read_ticket(tickets, staff, open_ticket), "due_at") == 240
 
     applied = await tickets.put(
         f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=slower, headers=boss
@@ -279,16 +268,16 @@ async def test_a_changed_policy_moves_open_tickets_only_when_asked(tickets, infr
     assert applied.json()["open_tickets_updated"] == 2
     assert applied.json()["resolution_minutes"] == 480
 
-    moved = await _read(tickets, staff, open_ticket)
-    assert _minutes_after_creation(moved, "first_response_due_at") == 30
-    assert _minutes_after_creation(moved, "due_at") == 480
+    moved = await read_ticket(tickets, staff, open_ticket)
+    assert minutes_after_creation(moved, "first_response_due_at") == 30
+    assert minutes_after_creation(moved, "due_at") == 480
     assert moved["version"] == open_ticket["version"] + 1
     # A first response already given keeps the target it met.
-    met = await _read(tickets, staff, answered)
+    met = await read_ticket(tickets, staff, answered)
     assert met["first_response_due_at"] == answered["first_response_due_at"]
-    assert _minutes_after_creation(met, "due_at") == 480
-    assert (await _read(tickets, staff, resolved))["due_at"] == resolved["due_at"]
-    assert (await _read(tickets, staff, other_priority))["due_at"] is None
+    assert minutes_after_creation(met, "due_at") == 480
+    assert (await read_ticket(tickets, staff, resolved))["due_at"] == resolved["due_at"]
+    assert (await read_ticket(tickets, staff, other_priority))["due_at"] is None
 
     history = (await tickets.get(f"{TICKETS}/{open_ticket['id']}/history", headers=staff)).json()["items"]
     entries = {entry["field"]: entry for entry in history if entry["field"].endswith("due_at")}
@@ -306,7 +295,7 @@ async def test_a_changed_policy_moves_open_tickets_only_when_asked(tickets, infr
         f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=slower, headers=boss
     )
     assert again.json()["open_tickets_updated"] == 0
-    assert (await _read(tickets, staff, open_ticket))["version"] == moved["version"]
+    assert (await read_ticket(tickets, staff, open_ticket))["version"] == moved["version"]
 
 
 async def test_a_deleted_policy_takes_open_tickets_deadlines_only_when_asked(tickets, infra):
@@ -316,7 +305,7 @@ async def test_a_deleted_policy_takes_open_tickets_deadlines_only_when_asked(tic
     ticket = await create_ticket(tickets, staff, priority="high")
     deleted = await tickets.delete(f"{POLICIES}/high", params={"apply_to_open_tickets": "1"}, headers=boss)
     assert deleted.status_code == 204
-    cleared = await _read(tickets, staff, ticket)
+    cleared = await read_ticket(tickets, staff, ticket)
     assert cleared["due_at"] is None and cleared["first_response_due_at"] is None
 
 
@@ -328,7 +317,7 @@ async def test_a_new_calendar_moves_business_hours_deadlines_when_asked(tickets,
     await tickets.put(f"{POLICIES}/urgent", json=URGENT, headers=boss)  # round the clock
     ticket = await create_ticket(tickets, staff, priority="medium")
     round_the_clock = await create_ticket(tickets, staff, priority="urgent")
-    assert _minutes_after_creation(ticket, "due_at") == 120  # no business hours set yet
+    assert minutes_after_creation(ticket, "due_at") == 120  # no business hours set yet
 
     # Open only on a far-away weekday: every deadline moves to then.
     hours = {"time_zone": "UTC", "business_hours": {"sun": [["09:00", "10:00"]]}}
@@ -337,10 +326,10 @@ async def test_a_new_calendar_moves_business_hours_deadlines_when_asked(tickets,
     saved = await tickets.put(CALENDAR, params={"apply_to_open_tickets": "true"}, json=hours, headers=boss)
     assert saved.status_code == 200, saved.text
     assert saved.json()["open_tickets_updated"] == 1
-    moved = await _read(tickets, staff, ticket)
-    assert _minutes_after_creation(moved, "due_at") > 120
+    moved = await read_ticket(tickets, staff, ticket)
+    assert minutes_after_creation(moved, "due_at") > 120
     assert datetime.fromisoformat(moved["first_response_due_at"]).strftime("%H:%M") == "10:00"
-    assert (await _read(tickets, staff, round_the_clock))["due_at"] == round_the_clock["due_at"]
+    assert (await read_ticket(tickets, staff, round_the_clock))["due_at"] == round_the_clock["due_at"]
 
 
 async def test_apply_to_open_tickets_must_be_a_boolean(tickets, infra):
@@ -370,209 +359,6 @@ async def test_retargeted_deadlines_keep_the_time_the_clock_was_paused(tickets, 
     await tickets.put(
         f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=slower, headers=boss
     )
-    moved = await _read(tickets, staff, ticket)
+    moved = await read_ticket(tickets, staff, ticket)
     expected = datetime.fromisoformat(ticket["created_at"]) + timedelta(minutes=480) + credit
     assert abs(datetime.fromisoformat(moved["due_at"]) - expected) < timedelta(milliseconds=1)
-
-
-@pytest.fixture
-def scheduler_not_woken(monkeypatch):
-    """The app's scheduler is not woken by a queued retarget (it idles with its hour-long
-    interval), so the test drives the retarget itself."""
-    monkeypatch.setattr(sla_endpoints, "wake_scheduler", lambda app: None)
-
-
-def _many_settings(infra) -> Settings:
-    # An hour between the scheduler's passes; requests move at most 2 open tickets, the
-    # background 2 per batch.
-    return settings_for(
-        infra,
-        Settings,
-        "tickets",
-        sla_scan_interval_s=3600,
-        sla_retarget_max_tickets=2,
-        sla_scan_batch_size=2,
-    )
-
-
-async def _due_at_history(infra, ticket_ids: list[str]) -> dict[str, list[str]]:
-    rows = await admin_fetch(
-        infra,
-        "SELECT ticket_id::text, actor_id FROM tickets.ticket_history"
-        " WHERE field = 'due_at' AND ticket_id::text = ANY($1::text[]) ORDER BY created_at",
-        ticket_ids,
-    )
-    history: dict[str, list[str]] = {ticket_id: [] for ticket_id in ticket_ids}
-    for row in rows:
-        history[row["ticket_id"]].append(row["actor_id"])
-    return history
-
-
-async def _queue_retarget(
-    client, infra, tenant: str, tickets: int, new_targets: dict, priority: str = "urgent"
-) -> tuple[list, str]:
-    """`tickets` open tickets of `priority`, then a change of its policy too large for the
-    request: (the tickets, the URL of the queued retarget)."""
-    staff, boss = agent(infra, tenant), admin(infra, tenant)
-    await client.put(f"{POLICIES}/{priority}", json=URGENT, headers=boss)
-    concerned = [await create_ticket(client, staff, priority=priority) for _ in range(tickets)]
-    saved = await client.put(
-        f"{POLICIES}/{priority}", params={"apply_to_open_tickets": "true"}, json=new_targets, headers=boss
-    )
-    return concerned, f"{RETARGETS}/{saved.json()['retarget']['id']}"
-
-
-async def _wait_done(client, infra, tenant: str, progress: str) -> None:
-    async def done() -> bool:
-        return (await client.get(progress, headers=admin(infra, tenant))).json()["status"] == "done"
-
-    await wait_until(done, timeout=20)
-
-
-async def test_many_open_tickets_move_in_the_background_batch_by_batch(infra, scheduler_not_woken):
-    app = create_app(_many_settings(infra))
-    tenant = unique_tenant()
-    staff, boss = agent(infra, tenant), admin(infra, tenant)
-    async with app_client(app) as client:
-        await client.put(f"{POLICIES}/urgent", json=URGENT, headers=boss)
-        concerned = [await create_ticket(client, staff, priority="urgent") for _ in range(5)]
-        done = await create_ticket(client, staff, priority="urgent")
-        await patch_ticket(client, staff, done, status="resolved")
-        slower = {**URGENT, "resolution_minutes": 480}
-        saved = await client.put(
-            f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=slower, headers=boss
-        )
-        assert saved.status_code == 200, saved.text
-        body = saved.json()
-        assert body["resolution_minutes"] == 480 and body["open_tickets_updated"] == 0
-        retarget = body["retarget"]
-        assert retarget["status"] == "queued" and retarget["priorities"] == ["urgent"]
-        assert (retarget["open_tickets"], retarget["tickets_updated"]) == (5, 0)
-        assert retarget["requested_by"] == "admin-1" and retarget["finished_at"] is None
-        # The policy is saved at once (new tickets get it); open ones wait for the background.
-        assert _minutes_after_creation(await create_ticket(client, staff, priority="urgent"), "due_at") == 480
-        for ticket in concerned:
-            assert (await _read(client, staff, ticket))["due_at"] == ticket["due_at"]
-
-        progress = f"{RETARGETS}/{retarget['id']}"
-        assert (await client.get(progress, headers=boss)).json() == retarget
-        assert (await client.get(progress, headers=staff)).status_code == 403
-        listing = await client.get(RETARGETS, headers=boss)
-        assert [item["id"] for item in listing.json()["items"]] == [retarget["id"]]
-
-        # 6 open tickets (the one created since is already on the new targets) in batches of 2,
-        # then a batch that finds none left.
-        assert await run_retargets(app.state.session_factory, batch_size=2) == 4
-        finished = (await client.get(progress, headers=boss)).json()
-        assert finished["status"] == "done" and finished["finished_at"] is not None
-        assert finished["tickets_updated"] == 5
-        for ticket in concerned:
-            moved = await _read(client, staff, ticket)
-            assert _minutes_after_creation(moved, "due_at") == 480
-            assert (await outbox_types(infra, ticket["id"]))[-1] == "helpdesk.tickets.ticket.updated.v1"
-        assert (await _read(client, staff, done))["due_at"] == done["due_at"]
-        history = await _due_at_history(infra, [ticket["id"] for ticket in concerned])
-        assert history == {ticket["id"]: ["admin-1"] for ticket in concerned}
-        assert await run_retargets(app.state.session_factory, batch_size=2) == 0  # nothing left
-
-
-async def test_a_failed_retarget_batch_leaves_nothing_half_done(infra, scheduler_not_woken):
-    app = create_app(_many_settings(infra))
-    tenant = unique_tenant()
-    staff, boss = agent(infra, tenant), admin(infra, tenant)
-    async with app_client(app) as client:
-        slower = {**URGENT, "resolution_minutes": 600}
-        concerned, progress = await _queue_retarget(client, infra, tenant, 3, slower, priority="high")
-
-        # A batch whose transaction dies after its work (a crash, a lost connection): rolled back
-        # with the mark of how far it got, so the next pass does it again, once.
-        factory = app.state.session_factory
-        with pytest.raises(RuntimeError):
-            async with factory() as session, session.begin():
-                await set_tenant(session, tenant)
-                assert await tickets_service.continue_retarget(session, tenant, batch_size=2)
-                raise RuntimeError("crash before commit")
-        assert (await client.get(progress, headers=boss)).json()["status"] == "queued"
-        for ticket in concerned:
-            assert (await _read(client, staff, ticket))["due_at"] == ticket["due_at"]
-
-        # Two replicas at once: each batch is claimed by one of them.
-        await asyncio.gather(run_retargets(factory, batch_size=2), run_retargets(factory, batch_size=2))
-        assert (await client.get(progress, headers=boss)).json()["tickets_updated"] == 3
-        history = await _due_at_history(infra, [ticket["id"] for ticket in concerned])
-        assert history == {ticket["id"]: ["admin-1"] for ticket in concerned}
-
-
-async def test_a_deleted_policy_with_many_open_tickets_answers_202_with_the_retarget(
-    infra, scheduler_not_woken
-):
-    app = create_app(_many_settings(infra))
-    tenant = unique_tenant()
-    staff, boss = agent(infra, tenant), admin(infra, tenant)
-    async with app_client(app) as client:
-        await client.put(f"{POLICIES}/low", json=URGENT, headers=boss)
-        concerned = [await create_ticket(client, staff, priority="low") for _ in range(3)]
-        deleted = await client.delete(f"{POLICIES}/low", params={"apply_to_open_tickets": "1"}, headers=boss)
-        assert deleted.status_code == 202, deleted.text
-        retarget = deleted.json()
-        assert retarget["status"] == "queued" and retarget["open_tickets"] == 3
-        assert deleted.headers["location"] == f"{RETARGETS}/{retarget['id']}"
-        assert (await client.get(POLICIES, headers=boss)).json()["items"] == []
-        await run_retargets(app.state.session_factory, batch_size=2)
-        for ticket in concerned:
-            cleared = await _read(client, staff, ticket)
-            assert cleared["due_at"] is None and cleared["first_response_due_at"] is None
-
-
-async def test_retargets_are_the_tenants_own(infra):
-    app = create_app(_many_settings(infra))
-    tenant, other = unique_tenant(), unique_tenant()
-    async with app_client(app) as client:
-        boss = admin(infra, tenant)
-        _, progress = await _queue_retarget(client, infra, tenant, 3, URGENT, priority="medium")
-        assert (await client.get(progress, headers=admin(infra, other))).status_code == 404
-        listing = await client.get(RETARGETS, headers=admin(infra, other))
-        assert listing.json()["items"] == []
-        malformed = await client.get(f"{RETARGETS}/not-a-uuid", headers=boss)
-        assert malformed.status_code == 422
-        assert malformed.headers["content-type"] == "application/problem+json"
-
-
-async def test_the_running_sla_scheduler_finishes_a_waiting_retarget(infra):
-    settings = _many_settings(infra).model_copy(update={"sla_scan_interval_s": 0.2})
-    tenant = unique_tenant()
-    async with app_client(create_app(settings)) as client:
-        faster = {**URGENT, "first_response_minutes": 45}
-        concerned, progress = await _queue_retarget(client, infra, tenant, 3, faster)
-        await _wait_done(client, infra, tenant, progress)
-        for ticket in concerned:
-            moved = await _read(client, agent(infra, tenant), ticket)
-            assert _minutes_after_creation(moved, "first_response_due_at") == 45
-
-
-async def test_a_large_retarget_goes_on_pass_after_pass_without_waiting_for_the_interval(
-    infra, monkeypatch, scheduler_not_woken
-):
-    # An hour between scans; each pass gives retargets a slice of time (a batch or so here), then
-    # scans for breaches, and starts the next pass at once while a retarget is left.
-    settings = _many_settings(infra).model_copy(update={"sla_scan_batch_size": 1})
-    tenant = unique_tenant()
-    async with app_client(create_app(settings)) as client:
-        slower = {**URGENT, "resolution_minutes": 300}
-        concerned, progress = await _queue_retarget(client, infra, tenant, 6, slower)
-    monkeypatch.setattr(scheduler_module, "RETARGET_SLICE_S", 0.001)
-    async with app_client(create_app(settings)) as client:  # its scheduler's first pass starts now
-        await _wait_done(client, infra, tenant, progress)
-        for ticket in concerned:
-            assert _minutes_after_creation(await _read(client, agent(infra, tenant), ticket), "due_at") == 300
-
-
-async def test_a_queued_retarget_starts_at_once_not_at_the_next_interval(infra):
-    settings = _many_settings(infra)  # an hour between the scheduler's passes
-    tenant = unique_tenant()
-    async with app_client(create_app(settings)) as client:
-        slower = {**URGENT, "resolution_minutes": 360}
-        concerned, progress = await _queue_retarget(client, infra, tenant, 3, slower)
-        await _wait_done(client, infra, tenant, progress)  # woken by the request that queued it
-        for ticket in concerned:
-            assert _minutes_after_creation(await _read(client, agent(infra, tenant), ticket), "due_at") == 360
