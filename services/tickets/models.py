@@ -287,7 +287,8 @@ tenant_settings = Table(
 )
 
 # An SLA change too large to apply to the open tickets inside the admin's request: the SLA
-# scheduler moves them in batches, `after_id` (ticket ids ascend) marking how far it got.
+# scheduler moves them in batches, `after_id` (ticket ids ascend) marking how far it got. A
+# failing batch is retried from `next_attempt_at`; a cancelled retarget is finished as well.
 sla_retargets = Table(
     "sla_retargets",
     metadata,
@@ -300,6 +301,10 @@ sla_retargets = Table(
     Column("after_id", UUID(as_uuid=True)),
     _created_at(),
     Column("finished_at", DateTime(timezone=True)),
+    Column("failures", Integer, nullable=False, server_default="0"),  # consecutive failed batches
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("cancelled_at", DateTime(timezone=True)),
+    Column("cancelled_by", Text),
     Index("ix_sla_retargets_tenant", "tenant_id", "created_at"),
     Index("ix_sla_retargets_unfinished", "created_at", postgresql_where=text("finished_at IS NULL")),
 )

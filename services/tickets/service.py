@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 from uuid import UUID
 
+import structlog
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,6 +44,8 @@ from services.tickets.schemas import (
 from services.tickets.sla import repository as sla_repository
 from services.tickets.sla import service as sla
 from services.tickets.workflow import Status, StatusCategory, Workflow
+
+log = structlog.get_logger()
 
 STAFF_ROLES = ("agent", "admin", "service")
 REOPENED_BY_REQUESTER_REPLY = ("pending", "resolved")
@@ -503,22 +506,43 @@ async def retarget_open_tickets(
 async def continue_retarget(session: AsyncSession, tenant: str, batch_size: int) -> bool:
     """Move the next batch of open tickets of the tenant's oldest unfinished retarget (in the
     caller's transaction, scoped to `tenant`) and record how far it got; the batch and that mark
-    commit together, so a crash repeats nothing and skips nothing. False when no retarget is
-    waiting (or each is being worked on by another replica)."""
+    commit together, so a crash repeats nothing and skips nothing. A batch that fails is undone
+    and the retarget put off (`sla.retarget_retry_delay`), so its tenant's other retargets go on.
+    False when no retarget is due (or each is being worked on by another replica)."""
     job = await sla_repository.claim_retarget(session, tenant)
     if job is None:
         return False
     # Changes are the admin's who asked for them (history, events).
     identity = Identity(tenant=tenant, user_id=job["requested_by"], roles=frozenset({"admin"}))
-    changed, seen, last_id = await _retarget_batch(
-        session, identity, job["priorities"], after_id=job["after_id"], limit=batch_size
-    )
-    progress: dict[str, Any] = {"tickets_updated": job["tickets_updated"] + changed}
+    try:
+        async with session.begin_nested():
+            changed, seen, last_id = await _retarget_batch(
+                session, identity, job["priorities"], after_id=job["after_id"], limit=batch_size
+            )
+    except Exception as exc:  # whatever broke the batch: retried later, never lost
+        failures = job["failures"] + 1
+        next_attempt_at = datetime.now(UTC) + sla.retarget_retry_delay(failures)
+        put_off = {"failures": failures, "next_attempt_at": next_attempt_at}
+        await sla_repository.update_retarget(session, tenant, job["id"], put_off)
+        log.error(
+            "sla_retarget_failed",
+            tenant=tenant,
+            retarget_id=str(job["id"]),
+            failures=failures,
+            next_attempt_at=next_attempt_at.isoformat(),
+            error=repr(exc),
+        )
+        return True
+    progress: dict[str, Any] = {
+        "tickets_updated": job["tickets_updated"] + changed,
+        "failures": 0,
+        "next_attempt_at": None,
+    }
     if last_id is not None:
         progress["after_id"] = last_id
     if seen < batch_size:
         progress["finished_at"] = datetime.now(UTC)
-    await sla_repository.record_retarget_progress(session, tenant, job["id"], progress)
+    await sla_repository.update_retarget(session, tenant, job["id"], progress)
     return True
 
 

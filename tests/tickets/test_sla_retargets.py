@@ -2,6 +2,9 @@
 policy or calendar change too large for the admin's request."""
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -10,11 +13,14 @@ from services.tickets import service as tickets_service
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
 from services.tickets.sla import endpoints as sla_endpoints
+from services.tickets.sla import repository as sla_repository
 from services.tickets.sla import scheduler as scheduler_module
 from services.tickets.sla.scheduler import run_retargets
+from services.tickets.sla.service import retarget_retry_delay
 from tests.conftest import app_client, settings_for, unique_tenant, wait_until
 from tests.tickets.helpers import (
     admin_fetch,
+    assert_problem,
     create_ticket,
     minutes_after_creation,
     outbox_types,
@@ -57,6 +63,11 @@ async def _due_at_history(infra, ticket_ids: list[str]) -> dict[str, list[str]]:
     for row in rows:
         history[row["ticket_id"]].append(row["actor_id"])
     return history
+
+
+async def _assert_moved_once_by_the_admin(infra, tickets: list[dict]) -> None:
+    history = await _due_at_history(infra, [ticket["id"] for ticket in tickets])
+    assert history == {ticket["id"]: ["admin-1"] for ticket in tickets}
 
 
 async def _queue_retarget(
@@ -122,8 +133,7 @@ async def test_many_open_tickets_move_in_the_background_batch_by_batch(infra, sc
             assert minutes_after_creation(moved, "due_at") == 480
             assert (await outbox_types(infra, ticket["id"]))[-1] == "helpdesk.tickets.ticket.updated.v1"
         assert (await read_ticket(client, staff, done))["due_at"] == done["due_at"]
-        history = await _due_at_history(infra, [ticket["id"] for ticket in concerned])
-        assert history == {ticket["id"]: ["admin-1"] for ticket in concerned}
+        await _assert_moved_once_by_the_admin(infra, concerned)
         assert await run_retargets(app.state.session_factory, batch_size=2) == 0  # nothing left
 
 
@@ -150,8 +160,7 @@ async def test_a_failed_retarget_batch_leaves_nothing_half_done(infra, scheduler
         # Two replicas at once: each batch is claimed by one of them.
         await asyncio.gather(run_retargets(factory, batch_size=2), run_retargets(factory, batch_size=2))
         assert (await client.get(progress, headers=boss)).json()["tickets_updated"] == 3
-        history = await _due_at_history(infra, [ticket["id"] for ticket in concerned])
-        assert history == {ticket["id"]: ["admin-1"] for ticket in concerned}
+        await _assert_moved_once_by_the_admin(infra, concerned)
 
 
 async def test_a_deleted_policy_with_many_open_tickets_answers_202_with_the_retarget(
@@ -229,3 +238,166 @@ async def test_a_queued_retarget_starts_at_once_not_at_the_next_interval(infra):
         for ticket in concerned:
             moved = await read_ticket(client, agent(infra, tenant), ticket)
             assert minutes_after_creation(moved, "due_at") == 360
+
+
+@contextlib.asynccontextmanager
+async def updates_refused(infra, ticket_id: str) -> AsyncIterator[None]:
+    """While inside, the database refuses every update of the ticket (a trigger raising), as a
+    constraint or a bug would."""
+    name = f"tickets.refuse_update_{ticket_id.replace('-', '_')}"
+    await admin_fetch(
+        infra,
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.id = '{ticket_id}' THEN RAISE EXCEPTION 'refused by the test'; END IF;"
+        " RETURN NEW; END $$",
+    )
+    await admin_fetch(
+        infra,
+        "CREATE TRIGGER refuse_update BEFORE UPDATE ON tickets.tickets"
+        f" FOR EACH ROW EXECUTE FUNCTION {name}()",
+    )
+    try:
+        yield
+    finally:
+        await admin_fetch(infra, "DROP TRIGGER refuse_update ON tickets.tickets")
+        await admin_fetch(infra, f"DROP FUNCTION {name}()")
+
+
+def test_a_failing_retarget_waits_longer_after_each_failure_up_to_an_hour():
+    delays = [retarget_retry_delay(failures) for failures in range(1, 7)]
+    assert delays == [timedelta(minutes=minutes) for minutes in (1, 5, 15, 60, 60, 60)]
+
+
+async def test_a_failing_batch_is_undone_and_put_off_while_later_retargets_go_on(infra, scheduler_not_woken):
+    app = create_app(_many_settings(infra))
+    tenant = unique_tenant()
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    async with app_client(app) as client:
+        factory = app.state.session_factory
+        slower = {**URGENT, "resolution_minutes": 500}
+        concerned, progress = await _queue_retarget(client, infra, tenant, 3, slower)
+        # The first batch is the two oldest tickets; the second of them cannot be updated.
+        async with updates_refused(infra, concerned[1]["id"]):
+            before = datetime.now(UTC)
+            assert await run_retargets(factory, batch_size=2) == 1
+            failing = (await client.get(progress, headers=boss)).json()
+            assert failing["status"] == "failing" and failing["failures"] == 1
+            assert failing["tickets_updated"] == 0 and failing["finished_at"] is None
+            retry_at = datetime.fromisoformat(failing["next_attempt_at"])
+            assert before + timedelta(minutes=1) <= retry_at <= datetime.now(UTC) + timedelta(minutes=1)
+            # The oldest ticket's change in that batch was undone with the rest.
+            for ticket in concerned:
+                assert (await read_ticket(client, staff, ticket))["due_at"] == ticket["due_at"]
+            assert await _due_at_history(infra, [concerned[0]["id"]]) == {concerned[0]["id"]: []}
+
+            # Put off: not retried before its time, and its tenant is not listed as having work
+            # (the scheduler would otherwise start pass after pass at once).
+            assert await run_retargets(factory, batch_size=2) == 0
+            async with factory() as session, session.begin():
+                assert tenant not in await sla_repository.tenants_with_retargets(session)
+
+            # A later retarget of the same tenant does not wait behind it.
+            others, later = await _queue_retarget(client, infra, tenant, 3, slower, priority="high")
+            await run_retargets(factory, batch_size=2)
+            assert (await client.get(later, headers=boss)).json()["status"] == "done"
+            for ticket in others:
+                assert minutes_after_creation(await read_ticket(client, staff, ticket), "due_at") == 500
+
+            # Its time comes and the cause is still there: a second failure, a longer delay.
+            await admin_fetch(
+                infra,
+                "UPDATE tickets.sla_retargets SET next_attempt_at = now() WHERE id::text = $1",
+                failing["id"],
+            )
+            assert await run_retargets(factory, batch_size=2) == 1
+            again = (await client.get(progress, headers=boss)).json()
+            assert (again["status"], again["failures"]) == ("failing", 2)
+            assert datetime.fromisoformat(again["next_attempt_at"]) >= datetime.now(UTC) + timedelta(
+                minutes=4
+            )
+
+        # The cause gone and the time come, it finishes; success resets the count.
+        await admin_fetch(
+            infra,
+            "UPDATE tickets.sla_retargets SET next_attempt_at = now() WHERE id::text = $1",
+            failing["id"],
+        )
+        await run_retargets(factory, batch_size=2)
+        done = (await client.get(progress, headers=boss)).json()
+        assert (done["status"], done["failures"], done["next_attempt_at"]) == ("done", 0, None)
+        assert done["tickets_updated"] == 3
+        await _assert_moved_once_by_the_admin(infra, concerned)
+
+
+async def test_an_admin_cancels_a_retarget_and_tickets_moved_so_far_keep_their_deadlines(
+    infra, scheduler_not_woken
+):
+    app = create_app(_many_settings(infra))
+    tenant = unique_tenant()
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    async with app_client(app) as client:
+        factory = app.state.session_factory
+        slower = {**URGENT, "resolution_minutes": 420}
+        concerned, progress = await _queue_retarget(client, infra, tenant, 3, slower)
+        async with factory() as session, session.begin():  # one batch: the two oldest
+            await set_tenant(session, tenant)
+            assert await tickets_service.continue_retarget(session, tenant, batch_size=2)
+
+        assert_problem(await client.post(f"{progress}/cancel", headers=staff), 403)
+        assert_problem(await client.post(f"{progress}/cancel", headers=admin(infra, unique_tenant())), 404)
+        assert_problem(await client.post(f"{RETARGETS}/not-a-uuid/cancel", headers=boss), 422)
+        cancelled = await client.post(f"{progress}/cancel", headers=boss)
+        assert cancelled.status_code == 200, cancelled.text
+        view = cancelled.json()
+        assert (view["status"], view["cancelled_by"], view["tickets_updated"]) == ("cancelled", "admin-1", 2)
+        assert view["finished_at"] == view["cancelled_at"] is not None
+        assert (await client.get(progress, headers=boss)).json() == view
+        # Cancelling again answers the same; nothing is left to move.
+        assert (await client.post(f"{progress}/cancel", headers=boss)).json() == view
+        assert await run_retargets(factory, batch_size=2) == 0
+        moved = [await read_ticket(client, staff, ticket) for ticket in concerned]
+        assert [minutes_after_creation(ticket, "due_at") for ticket in moved] == [420, 420, 240]
+
+        # A retarget that is done cannot be cancelled.
+        _, finished = await _queue_retarget(client, infra, tenant, 3, slower, priority="low")
+        await run_retargets(factory, batch_size=2)
+        assert_problem(await client.post(f"{finished}/cancel", headers=boss), 409, detail="already done")
+
+
+async def test_cancelling_waits_for_the_batch_being_moved(infra, scheduler_not_woken):
+    app = create_app(_many_settings(infra))
+    tenant = unique_tenant()
+    boss = admin(infra, tenant)
+    async with app_client(app) as client:
+        factory = app.state.session_factory
+        _, progress = await _queue_retarget(client, infra, tenant, 3, {**URGENT, "resolution_minutes": 90})
+        async with factory() as session, session.begin():
+            await set_tenant(session, tenant)
+            assert await tickets_service.continue_retarget(session, tenant, batch_size=2)
+            cancelling = asyncio.create_task(client.post(f"{progress}/cancel", headers=boss))
+            await asyncio.sleep(0.5)
+            assert not cancelling.done()  # the batch's transaction holds the retarget
+        cancelled = (await cancelling).json()
+        # The answer counts the batch committed before the cancel took effect.
+        assert (cancelled["status"], cancelled["tickets_updated"]) == ("cancelled", 2)
+
+
+async def test_retargets_list_newest_first_page_by_page(infra, scheduler_not_woken):
+    app = create_app(_many_settings(infra))
+    tenant = unique_tenant()
+    boss = admin(infra, tenant)
+    async with app_client(app) as client:
+        queued = []
+        for priority in ("low", "medium", "high"):
+            _, progress = await _queue_retarget(client, infra, tenant, 3, URGENT, priority=priority)
+            queued.append(progress.rsplit("/", 1)[1])
+        first = (await client.get(RETARGETS, params={"limit": 2}, headers=boss)).json()
+        assert [item["id"] for item in first["items"]] == queued[:0:-1]
+        second = (
+            await client.get(RETARGETS, params={"limit": 2, "cursor": first["next_cursor"]}, headers=boss)
+        ).json()
+        assert [item["id"] for item in second["items"]] == queued[:1] and second["next_cursor"] is None
+        assert_problem(await client.get(RETARGETS, params={"cursor": "nonsense"}, headers=boss), 400)
+        assert_problem(
+            await client.get(RETARGETS, params={"limit": 201}, headers=boss), 422, fields=("limit",)
+        )

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity, IdentityDep, require_roles
 from libs.common.db import TenantSessionDep
+from libs.common.pagination import CursorQuery, LimitQuery, Page, decode_time_cursor, time_page
 from libs.common.responses import FastJSONResponse
 from services.tickets import service as tickets_service
 from services.tickets.schemas import Priority
@@ -23,7 +24,6 @@ from services.tickets.sla.schemas import (
     SlaPolicyPut,
     SlaPolicyWrite,
     SlaRetarget,
-    SlaRetargetList,
 )
 
 router = APIRouter(prefix="/api/v1/tickets/sla", tags=["sla"])
@@ -128,21 +128,37 @@ async def put_calendar(
     return {**calendar, "open_tickets_updated": updated, "retarget": retarget}
 
 
-@router.get("/retargets", response_model=SlaRetargetList, dependencies=[ADMIN])
+@router.get("/retargets", response_model=Page[SlaRetarget], dependencies=[ADMIN])
 async def list_retargets(
     session: TenantSessionDep,
     identity: IdentityDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
 ) -> dict:
-    """The tenant's background retargets, newest first (admins)."""
-    return {"items": await service.list_retargets(session, identity.tenant, limit)}
+    """The tenant's background retargets, newest first, cursor-paginated (admins)."""
+    before = decode_time_cursor(cursor) if cursor else None
+    rows = await service.list_retargets(session, identity.tenant, limit=limit, before=before)
+    return time_page(rows, limit)
 
 
 @router.get("/retargets/{retarget_id}", response_model=SlaRetarget, dependencies=[ADMIN])
 async def get_retarget(retarget_id: UUID, session: TenantSessionDep, identity: IdentityDep) -> dict:
-    """How far a background retarget got (admins): `queued`, `running` or `done`, and how many
-    open tickets changed so far."""
+    """How far a background retarget got (admins): its `status` and how many open tickets changed
+    so far."""
     return await service.get_retarget(session, identity.tenant, retarget_id)
+
+
+@router.post(
+    "/retargets/{retarget_id}/cancel",
+    response_model=SlaRetarget,
+    dependencies=[ADMIN],
+    responses={409: {"description": "The retarget is already done"}},
+)
+async def cancel_retarget(retarget_id: UUID, session: TenantSessionDep, identity: IdentityDep) -> dict:
+    """Stop a background retarget, e.g. one that keeps failing (admins). Tickets it moved keep
+    their new deadlines, the others keep their old ones; a batch being moved finishes first.
+    Cancelling a cancelled retarget answers the same again; a done one is a 409."""
+    return await service.cancel_retarget(session, identity, retarget_id)
 
 
 async def _retarget(

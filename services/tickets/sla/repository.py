@@ -9,7 +9,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -122,6 +122,10 @@ RETARGET_COLUMNS = [
     sla_retargets.c.after_id,
     sla_retargets.c.created_at,
     sla_retargets.c.finished_at,
+    sla_retargets.c.failures,
+    sla_retargets.c.next_attempt_at,
+    sla_retargets.c.cancelled_at,
+    sla_retargets.c.cancelled_by,
 ]
 
 
@@ -130,32 +134,43 @@ async def insert_retarget(session: AsyncSession, values: dict[str, Any]) -> dict
     return rows_as_dicts(await session.execute(statement))[0]
 
 
-async def get_retarget(session: AsyncSession, tenant: str, retarget_id: UUID) -> dict[str, Any] | None:
-    result = await session.execute(
-        select(*RETARGET_COLUMNS).where(
-            sla_retargets.c.tenant_id == tenant, sla_retargets.c.id == retarget_id
-        )
+async def get_retarget(
+    session: AsyncSession, tenant: str, retarget_id: UUID, *, for_update: bool = False
+) -> dict[str, Any] | None:
+    """One retarget; `for_update` locks it, waiting for a batch being moved to commit."""
+    statement = select(*RETARGET_COLUMNS).where(
+        sla_retargets.c.tenant_id == tenant, sla_retargets.c.id == retarget_id
     )
-    rows = rows_as_dicts(result)
+    rows = rows_as_dicts(await session.execute(statement.with_for_update() if for_update else statement))
     return rows[0] if rows else None
 
 
-async def list_retargets(session: AsyncSession, tenant: str, limit: int) -> list[dict[str, Any]]:
+async def list_retargets(
+    session: AsyncSession, tenant: str, *, limit: int, before: tuple[datetime, UUID] | None
+) -> list[dict[str, Any]]:
+    """Newest first; one row more than `limit` tells the caller a next page exists."""
+    conditions = [sla_retargets.c.tenant_id == tenant]
+    if before is not None:
+        conditions.append(tuple_(sla_retargets.c.created_at, sla_retargets.c.id) < tuple_(*before))
     result = await session.execute(
         select(*RETARGET_COLUMNS)
-        .where(sla_retargets.c.tenant_id == tenant)
+        .where(*conditions)
         .order_by(sla_retargets.c.created_at.desc(), sla_retargets.c.id.desc())
-        .limit(limit)
+        .limit(limit + 1)
     )
     return rows_as_dicts(result)
 
 
 async def claim_retarget(session: AsyncSession, tenant: str) -> dict[str, Any] | None:
-    """The tenant's oldest unfinished retarget, locked; None if there is none or another
-    replica holds it (SKIP LOCKED: it is being worked on)."""
+    """The tenant's oldest unfinished retarget due for its next batch, locked; None if there is
+    none or another replica holds it (SKIP LOCKED: it is being worked on)."""
     result = await session.execute(
         select(*RETARGET_COLUMNS)
-        .where(sla_retargets.c.tenant_id == tenant, sla_retargets.c.finished_at.is_(None))
+        .where(
+            sla_retargets.c.tenant_id == tenant,
+            sla_retargets.c.finished_at.is_(None),
+            or_(sla_retargets.c.next_attempt_at.is_(None), sla_retargets.c.next_attempt_at <= func.now()),
+        )
         .order_by(sla_retargets.c.created_at, sla_retargets.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -164,7 +179,7 @@ async def claim_retarget(session: AsyncSession, tenant: str) -> dict[str, Any] |
     return rows[0] if rows else None
 
 
-async def record_retarget_progress(
+async def update_retarget(
     session: AsyncSession, tenant: str, retarget_id: UUID, values: dict[str, Any]
 ) -> None:
     await session.execute(
@@ -175,7 +190,8 @@ async def record_retarget_progress(
 
 
 async def tenants_with_retargets(session: AsyncSession) -> list[str]:
-    """The tenants with an unfinished retarget (migration 0010's function, as for breaches)."""
+    """The tenants with an unfinished retarget due for its next batch (the function of migrations
+    0010 and 0011, as for breaches)."""
     statement = text("SELECT tickets.tenants_with_sla_retargets() AS tenant_id ORDER BY 1")
     result = await session.execute(statement)
     return list(result.scalars())

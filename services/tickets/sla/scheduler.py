@@ -3,7 +3,8 @@
 Each pass first works through the SLA retargets waiting (open tickets moved to new targets after
 a change too large for the admin's request), for a few seconds at most: one transaction per
 batch, the retarget claimed with FOR UPDATE SKIP LOCKED, the batch's changes and how far it got
-committed together. While retargets are left, the next pass follows without waiting.
+committed together; a failed batch is undone and its retarget tried again later. While
+retargets are left, the next pass follows without waiting.
 
 Then it asks which tenants have breaches due (one query over partial indexes, however many
 tenants there are); per such tenant one transaction marks the breaching tickets (claimed with
@@ -73,9 +74,10 @@ async def run_retargets(
     *,
     time_budget_s: float | None = None,
 ) -> int:
-    """Work through the unfinished retargets, a batch per transaction, starting no new batch once
-    `time_budget_s` is spent (so at least one is done); returns the batches done. A failing
-    tenant is logged and left for the next pass (its progress so far is kept)."""
+    """Work through the retargets due, a batch per transaction, starting no new batch once
+    `time_budget_s` is spent (so at least one is tried); returns the batches tried. A batch that
+    fails is undone and its retarget put off (`continue_retarget`); any other error (the database
+    away) is logged and the tenant left for the next pass, its progress so far kept."""
     deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
     async with factory() as session, session.begin():
         tenants = await repository.tenants_with_retargets(session)
@@ -88,7 +90,7 @@ async def run_retargets(
                     if not await tickets_service.continue_retarget(session, tenant, batch_size):
                         break
             except Exception as exc:
-                log.error("sla_retarget_failed", tenant=tenant, error=repr(exc))
+                log.error("sla_retarget_pass_failed", tenant=tenant, error=repr(exc))
                 break
             batches += 1
             if deadline is not None and time.monotonic() >= deadline:

@@ -60,20 +60,24 @@ RETARGET = (
 
 
 class SlaRetarget(BaseModel):
-    """Open tickets being moved to new SLA targets in the background, batch by batch."""
+    """Open tickets being moved to new SLA targets in the background, batch by batch.
+
+    `status`: `queued`, `running`, `failing` (its last batch failed and was undone; it is tried
+    again at `next_attempt_at`), `done`, or `cancelled` (by an admin; tickets moved until then
+    keep their new deadlines)."""
 
     id: UUID
-    status: Literal["queued", "running", "done"]
+    status: Literal["queued", "running", "failing", "done", "cancelled"]
     priorities: list[Priority]
     open_tickets: int = Field(description="Open tickets concerned when the change was saved.")
     tickets_updated: int = Field(description="Tickets whose deadlines changed so far.")
     requested_by: str = Field(description="The admin who made the change (actor of each change).")
     created_at: datetime
-    finished_at: datetime | None
-
-
-class SlaRetargetList(BaseModel):
-    items: list[SlaRetarget]
+    finished_at: datetime | None = Field(description="When it was done or cancelled.")
+    failures: int = Field(description="Batches in a row that failed (0 after one succeeds).")
+    next_attempt_at: datetime | None = Field(description="While failing: when its next batch may start.")
+    cancelled_at: datetime | None
+    cancelled_by: str | None = Field(description="The admin who cancelled it.")
 
 
 class SlaPolicyPut(SlaPolicyRead):

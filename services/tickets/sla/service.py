@@ -7,13 +7,14 @@ clock stopped; resuming pushes the open deadlines later by the business time spe
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.common.auth import Identity
 from libs.common.errors import ProblemError
 from libs.common.events import build_event
 from libs.common.outbox import record_event
@@ -245,32 +246,81 @@ async def put_calendar(session: AsyncSession, tenant_id: str, data: CalendarWrit
 # -- retargets (open tickets moved to new targets in the background) ----------------------------
 
 
-def retarget_view(row: dict[str, Any]) -> dict[str, Any]:
+# A failing batch is tried again after these delays (the last one repeating), so a retarget
+# never gives up on its own: a passing cause (a lock, an outage) costs a delay, a lasting one
+# shows as `failing` until an admin cancels it. Its successes reset the count.
+RETARGET_RETRY_DELAYS = (
+    timedelta(minutes=1),
+    timedelta(minutes=5),
+    timedelta(minutes=15),
+    timedelta(hours=1),
+)
+
+
+def retarget_retry_delay(failures: int) -> timedelta:
+    """How long the retarget waits after its `failures`-th failed batch in a row."""
+    return RETARGET_RETRY_DELAYS[min(failures, len(RETARGET_RETRY_DELAYS)) - 1]
+
+
+def _retarget_status(row: dict[str, Any]) -> str:
+    if row["cancelled_at"] is not None:
+        return "cancelled"
     if row["finished_at"] is not None:
-        status = "done"
-    else:
-        status = "running" if row["after_id"] is not None else "queued"
+        return "done"
+    if row["failures"]:
+        return "failing"
+    return "running" if row["after_id"] is not None else "queued"
+
+
+def retarget_view(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
-        "status": status,
+        "status": _retarget_status(row),
         "priorities": row["priorities"],
         "open_tickets": row["open_tickets"],
         "tickets_updated": row["tickets_updated"],
         "requested_by": row["requested_by"],
         "created_at": row["created_at"],
         "finished_at": row["finished_at"],
+        "failures": row["failures"],
+        "next_attempt_at": row["next_attempt_at"],
+        "cancelled_at": row["cancelled_at"],
+        "cancelled_by": row["cancelled_by"],
     }
+
+
+def _retarget_not_found(retarget_id: UUID) -> ProblemError:
+    return ProblemError(404, "Not Found", f"SLA retarget {retarget_id} not found")
 
 
 async def get_retarget(session: AsyncSession, tenant_id: str, retarget_id: UUID) -> dict[str, Any]:
     row = await repository.get_retarget(session, tenant_id, retarget_id)
     if row is None:
-        raise ProblemError(404, "Not Found", f"SLA retarget {retarget_id} not found")
+        raise _retarget_not_found(retarget_id)
     return retarget_view(row)
 
 
-async def list_retargets(session: AsyncSession, tenant_id: str, limit: int) -> list[dict[str, Any]]:
-    return [retarget_view(row) for row in await repository.list_retargets(session, tenant_id, limit)]
+async def list_retargets(
+    session: AsyncSession, tenant_id: str, *, limit: int, before: tuple[datetime, UUID] | None
+) -> list[dict[str, Any]]:
+    rows = await repository.list_retargets(session, tenant_id, limit=limit, before=before)
+    return [retarget_view(row) for row in rows]
+
+
+async def cancel_retarget(session: AsyncSession, identity: Identity, retarget_id: UUID) -> dict[str, Any]:
+    """Stop a background retarget: tickets already moved keep their new deadlines, the rest keep
+    their old ones. Waits for a batch being moved to commit; cancelling twice changes nothing."""
+    row = await repository.get_retarget(session, identity.tenant, retarget_id, for_update=True)
+    if row is None:
+        raise _retarget_not_found(retarget_id)
+    if row["cancelled_at"] is None:
+        if row["finished_at"] is not None:
+            raise ProblemError(409, "Conflict", f"SLA retarget {retarget_id} is already done")
+        now = datetime.now(UTC)
+        changes = {"finished_at": now, "cancelled_at": now, "cancelled_by": identity.user_id}
+        await repository.update_retarget(session, identity.tenant, retarget_id, changes)
+        row = {**row, **changes}
+    return retarget_view(row)
 
 
 # -- breaches -----------------------------------------------------------------------------------
