@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -36,6 +37,7 @@ from services.tickets.schemas import (
     BulkUpdate,
     CategoryCreate,
     CategoryRead,
+    CategoryUpdate,
     CommentCreate,
     CommentRead,
     HistoryEntry,
@@ -45,11 +47,12 @@ from services.tickets.schemas import (
     SimilarTicket,
     StatusCreate,
     StatusRead,
+    StatusUpdate,
     TicketCreate,
     TicketRead,
     TicketUpdate,
 )
-from services.tickets.workflow import BUILTIN_STATUSES, StatusCategory
+from services.tickets.workflow import BUILTIN_STATUSES, Status, StatusCategory
 
 router = APIRouter(prefix="/api/v1/tickets", tags=["tickets"])
 settings_router = APIRouter(prefix="/api/v1/tickets", tags=["ticket settings"])
@@ -75,11 +78,11 @@ def _ticket_response(ticket: dict[str, Any], status_code: int = 200, **headers: 
 async def list_statuses(session: TenantSessionDep, identity: IdentityDep) -> dict[str, Any]:
     """The tenant's statuses: the five built-in ones and its own, each with its category."""
     workflow = await service.load_workflow(session, identity.tenant)
-    items = [
-        {"key": s.key, "name": s.name, "category": s.category, "builtin": s.builtin, "position": s.position}
-        for s in workflow.ordered()
-    ]
-    return {"items": items, "next_cursor": None}
+    return {"items": [_status_view(s) for s in workflow.ordered()], "next_cursor": None}
+
+
+def _status_view(status: Status) -> dict[str, Any]:
+    return dataclasses.asdict(status)
 
 
 @settings_router.post("/statuses", status_code=201, response_model=StatusRead, dependencies=[AdminOnly])
@@ -92,6 +95,17 @@ async def create_status(
     ):
         raise ProblemError(409, "Conflict", f"status {data.key!r} already exists")
     return {**data.model_dump(), "builtin": False}
+
+
+@settings_router.patch("/statuses/{key}", response_model=StatusRead, dependencies=[AdminOnly])
+async def update_status(
+    key: SettingKey, data: StatusUpdate, session: TenantSessionDep, identity: IdentityDep
+) -> dict[str, Any]:
+    """Rename a status or change its place within its category (admins). A built-in status takes
+    a name only, e.g. the tenant's own word for `open` (`접수`); keys and categories never change,
+    so tickets, filters and events keep working."""
+    updated = await service.update_status(session, identity.tenant, key, data)
+    return _status_view(updated)
 
 
 @settings_router.delete("/statuses/{key}", status_code=204, dependencies=[AdminOnly])
@@ -120,6 +134,16 @@ async def create_category(
     if not await repository.insert_category(session, identity.tenant, data.model_dump()):
         raise ProblemError(409, "Conflict", f"category {data.key!r} already exists")
     return data.model_dump()
+
+
+@settings_router.patch("/categories/{key}", response_model=CategoryRead, dependencies=[AdminOnly])
+async def update_category(
+    key: SettingKey, data: CategoryUpdate, session: TenantSessionDep, identity: IdentityDep
+) -> dict[str, Any]:
+    """Rename a category (admins); its key, which tickets carry, stays."""
+    if not await repository.update_category(session, identity.tenant, key, data.model_dump()):
+        raise ProblemError(404, "Not Found", f"category {key!r} not found")
+    return {"key": key, **data.model_dump()}
 
 
 @settings_router.delete("/categories/{key}", status_code=204, dependencies=[AdminOnly])

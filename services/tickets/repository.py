@@ -12,6 +12,7 @@ from uuid import UUID
 from sqlalchemy import (
     ColumnElement,
     Select,
+    Table,
     and_,
     bindparam,
     exists,
@@ -610,6 +611,33 @@ async def insert_status(session: AsyncSession, tenant_id: str, values: dict[str,
     return result.first() is not None
 
 
+async def _update_setting(
+    session: AsyncSession, table: Table, tenant_id: str, key: str, values: dict[str, Any]
+) -> bool:
+    """Change a status or category row; False when the tenant has none with `key`."""
+    result = await session.execute(
+        table.update()
+        .where(table.c.tenant_id == tenant_id, table.c.key == key)
+        .values(**values)
+        .returning(table.c.key)
+    )
+    return result.first() is not None
+
+
+async def update_status(session: AsyncSession, tenant_id: str, key: str, values: dict[str, Any]) -> bool:
+    return await _update_setting(session, statuses, tenant_id, key, values)
+
+
+async def name_builtin_status(session: AsyncSession, tenant_id: str, values: dict[str, Any]) -> None:
+    """The tenant's name for a built-in status: a row of its own, made on first use."""
+    statement = pg_insert(statuses).values(tenant_id=tenant_id, **values)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[statuses.c.tenant_id, statuses.c.key], set_={"name": statement.excluded.name}
+        )
+    )
+
+
 async def delete_status(session: AsyncSession, tenant_id: str, key: str) -> bool:
     result = await session.execute(
         statuses.delete().where(statuses.c.tenant_id == tenant_id, statuses.c.key == key)
@@ -653,6 +681,10 @@ async def insert_category(session: AsyncSession, tenant_id: str, values: dict[st
         .returning(categories.c.key)
     )
     return result.first() is not None
+
+
+async def update_category(session: AsyncSession, tenant_id: str, key: str, values: dict[str, Any]) -> bool:
+    return await _update_setting(session, categories, tenant_id, key, values)
 
 
 async def delete_category(session: AsyncSession, tenant_id: str, key: str) -> bool:

@@ -8,7 +8,15 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from services.tickets.workflow import StatusCategory
 
@@ -217,6 +225,22 @@ class StatusCreate(_Request):
     position: int = Field(default=0, ge=0, le=10_000)
 
 
+class StatusUpdate(_Request):
+    """A status's new name and/or place; its key and category stay. Built-in statuses take a
+    name only (they come first in their category)."""
+
+    name: ShortText | None = None
+    position: int | None = Field(default=None, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> StatusUpdate:
+        if not self.model_fields_set:
+            raise ValueError("nothing to change: send name and/or position")
+        if any(getattr(self, field) is None for field in self.model_fields_set):
+            raise ValueError("name and position cannot be null")
+        return self
+
+
 class StatusRead(BaseModel):
     key: str
     name: str
@@ -227,6 +251,10 @@ class StatusRead(BaseModel):
 
 class CategoryCreate(_Request):
     key: Key
+    name: ShortText
+
+
+class CategoryUpdate(_Request):
     name: ShortText
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 from uuid import UUID
@@ -38,6 +39,7 @@ from services.tickets.schemas import (
     STAFF_ONLY_CREATE_FIELDS,
     BulkUpdate,
     CommentCreate,
+    StatusUpdate,
     TicketCreate,
     TicketUpdate,
 )
@@ -122,6 +124,22 @@ async def load_workflow(session: AsyncSession, tenant_id: str) -> Workflow:
             for row in rows
         ]
     )
+
+
+async def update_status(session: AsyncSession, tenant_id: str, key: str, data: StatusUpdate) -> Status:
+    """Rename a status or move it within its category; a built-in one can only be renamed."""
+    current = (await load_workflow(session, tenant_id)).get(key)
+    if current is None:
+        raise ProblemError(404, "Not Found", f"status {key!r} not found")
+    changes = data.model_dump(exclude_unset=True)
+    if current.builtin:
+        if "position" in changes:
+            raise _invalid(f"built-in status {key!r} keeps its place, first in its category", "position")
+        values = {"key": key, "name": changes["name"], "category": current.category.value, "position": 0}
+        await repository.name_builtin_status(session, tenant_id, values)
+    else:
+        await repository.update_status(session, tenant_id, key, changes)
+    return replace(current, **changes)
 
 
 async def _check_category(session: AsyncSession, tenant_id: str, category: str | None) -> None:

@@ -7,7 +7,7 @@ like its category does. Moving between two statuses of the same category is alwa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -62,7 +62,9 @@ class Workflow:
     def __init__(self, custom: list[Status]) -> None:
         self.statuses = dict(BUILTIN_STATUSES)
         for status in custom:
-            self.statuses[status.key] = status
+            builtin = BUILTIN_STATUSES.get(status.key)
+            # A tenant's row for a built-in status only names it (its own word, e.g. in Korean).
+            self.statuses[status.key] = replace(builtin, name=status.name) if builtin else status
 
     def get(self, key: str) -> Status | None:
         return self.statuses.get(key)

@@ -437,9 +437,13 @@ async def test_nul_in_a_settings_key_is_a_4xx(tickets, infra, desk, path):
             json={"key": "ok", "name": NUL} | ({"category": "pending"} if path == "statuses" else {}),
             headers=desk.admin,
         )
-    assert removed.status_code in (404, 422)
-    assert_problem(removed, removed.status_code)
+        renamed = await tickets.patch(f"{TICKETS}/{path}/a%00b", json={"name": "x"}, headers=desk.admin)
+        named = await tickets.patch(f"{TICKETS}/{path}/open", json={"name": NUL}, headers=desk.admin)
+    for response in (removed, renamed):
+        assert response.status_code in (404, 422)
+        assert_problem(response, response.status_code)
     assert_problem(created, 422, fields=("name",))
+    assert_problem(named, 422, fields=("name",))
 
 
 # -- cursors -------------------------------------------------------------------------------------
@@ -638,6 +642,8 @@ JSON_ROUTES = [
     ("POST", "/bulk", {"ids": [SOME_ID], "priority": "high"}),
     ("POST", "/statuses", {"key": "waiting", "name": "Waiting", "category": "pending"}),
     ("POST", "/categories", {"key": "hvac", "name": "HVAC"}),
+    ("PATCH", "/statuses/open", {"name": "Open"}),
+    ("PATCH", "/categories/hvac", {"name": "HVAC"}),
 ]
 JSON_ROUTE_IDS = [f"{m} {r or '/'}" for m, r, _ in JSON_ROUTES]
 

@@ -6,7 +6,14 @@ import pytest
 
 from services.tickets.workflow import CATEGORY_TRANSITIONS, StatusCategory
 from tests.conftest import auth_headers, unique_tenant
-from tests.tickets.helpers import admin_fetch, create_ticket, outbox_types, patch_ticket
+from tests.tickets.helpers import (
+    TICKETS,
+    admin_fetch,
+    assert_problem,
+    create_ticket,
+    outbox_types,
+    patch_ticket,
+)
 
 BUILTIN = [category.value for category in StatusCategory]
 
@@ -137,6 +144,95 @@ async def test_tenant_status_in_the_pending_category(tickets, infra, tenant, age
     await patch_ticket(tickets, agent, still_waiting, status="pending")
     removed = await tickets.delete("/api/v1/tickets/statuses/waiting_on_vendor", headers=admin)
     assert removed.status_code == 204
+
+
+async def test_admins_rename_statuses_in_their_own_words_and_reorder_their_own(tickets, infra, tenant, agent):
+    admin = auth_headers(infra, tenant, ["admin"], "admin-1")
+    statuses = "/api/v1/tickets/statuses"
+    for key, position in (("on_site", 1), ("parts_ordered", 2)):
+        body = {"key": key, "name": key.replace("_", " "), "category": "in_progress", "position": position}
+        assert (await tickets.post(statuses, json=body, headers=admin)).status_code == 201
+    ticket = (
+        await patch_ticket(tickets, agent, await create_ticket(tickets, agent), status="on_site")
+    ).json()
+
+    renamed = await tickets.patch(f"{statuses}/open", json={"name": "접수"}, headers=admin)
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json() == {
+        "key": "open",
+        "name": "접수",
+        "category": "open",
+        "builtin": True,
+        "position": 0,
+    }
+    assert (
+        await tickets.patch(f"{statuses}/open", json={"name": "신규 접수"}, headers=admin)
+    ).status_code == 200
+    moved = await tickets.patch(
+        f"{statuses}/on_site", json={"name": "현장 출동", "position": 5}, headers=admin
+    )
+    assert moved.json() == {
+        "key": "on_site",
+        "name": "현장 출동",
+        "category": "in_progress",
+        "builtin": False,
+        "position": 5,
+    }
+    listed = (await tickets.get(statuses, headers=agent)).json()["items"]
+    assert [(s["key"], s["name"]) for s in listed] == [
+        ("open", "신규 접수"),
+        ("pending", "Pending"),
+        ("in_progress", "In progress"),
+        ("parts_ordered", "parts ordered"),
+        ("on_site", "현장 출동"),
+        ("resolved", "Resolved"),
+        ("closed", "Closed"),
+    ]
+    # Keys stay, so tickets, filters and transitions are as before; a renamed built-in status
+    # is still built in (it cannot be removed, nor added twice).
+    assert (await tickets.get(f"{TICKETS}/{ticket['id']}", headers=agent)).json()["status"] == "on_site"
+    assert (await tickets.get(f"{TICKETS}?status=on_site", headers=agent)).json()["items"][0]["id"] == ticket[
+        "id"
+    ]
+    assert (await patch_ticket(tickets, agent, ticket, status="open")).json()["status"] == "open"
+    assert (await tickets.delete(f"{statuses}/open", headers=admin)).status_code == 409
+    again = {"key": "open", "name": "Open", "category": "open"}
+    assert (await tickets.post(statuses, json=again, headers=admin)).status_code == 409
+    other = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    assert (await tickets.get(statuses, headers=other)).json()["items"][0]["name"] == "Open"
+
+    for key, body, field in [
+        ("open", {"position": 3}, "position"),  # built-in statuses come first in their category
+        ("on_site", {}, None),
+        ("on_site", {"name": None}, None),
+        ("on_site", {"name": ""}, "name"),
+        ("on_site", {"category": "pending"}, "category"),
+        ("on_site", {"position": -1}, "position"),
+    ]:
+        refused = await tickets.patch(f"{statuses}/{key}", json=body, headers=admin)
+        assert_problem(refused, 422, fields=(field,) if field else ())
+    assert_problem(await tickets.patch(f"{statuses}/no_such", json={"name": "x"}, headers=admin), 404)
+    assert (await tickets.get(statuses, headers=agent)).json()["items"] == listed  # nothing changed
+
+
+async def test_admins_rename_categories(tickets, infra, tenant, agent):
+    admin = auth_headers(infra, tenant, ["admin"], "admin-1")
+    categories = "/api/v1/tickets/categories"
+    assert (
+        await tickets.post(categories, json={"key": "hvac", "name": "HVAC"}, headers=admin)
+    ).status_code == 201
+    ticket = await create_ticket(tickets, agent, category="hvac")
+    renamed = await tickets.patch(f"{categories}/hvac", json={"name": "냉난방"}, headers=admin)
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json() == {"key": "hvac", "name": "냉난방"}
+    assert (await tickets.get(categories, headers=agent)).json()["items"] == [
+        {"key": "hvac", "name": "냉난방"}
+    ]
+    assert (await tickets.get(f"{TICKETS}/{ticket['id']}", headers=agent)).json()["category"] == "hvac"
+    assert_problem(await tickets.patch(f"{categories}/plumbing", json={"name": "배관"}, headers=admin), 404)
+    assert_problem(
+        await tickets.patch(f"{categories}/hvac", json={"key": "x", "name": "y"}, headers=admin), 422
+    )
 
 
 async def test_history_records_who_changed_what_from_what_to_what(tickets, agent):
