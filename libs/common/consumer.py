@@ -44,7 +44,14 @@ def inbox_table(metadata: MetaData) -> Table:
     )
 
 
-def dead_letter_table(metadata: MetaData) -> Table:
+def dead_letter_table(metadata: MetaData, *, as_first_created: bool = False) -> Table:
+    """The dead-letter table; `as_first_created` without the columns later migrations added
+    (for the initial migrations, which must create what they always created)."""
+    replay_columns = [
+        # Set when a tenant admin replayed the event successfully (libs/common/dead_letters.py).
+        Column("replayed_at", DateTime(timezone=True)),
+        Column("replayed_by", Text),
+    ]
     return Table(
         "dead_letters",
         metadata,
@@ -59,6 +66,7 @@ def dead_letter_table(metadata: MetaData) -> Table:
         Column("error", Text, nullable=False),
         Column("deliveries", Integer, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        *([] if as_first_created else replay_columns),
         Index("ix_dead_letters_tenant_id_id", "tenant_id", "id"),
     )
 
@@ -81,6 +89,36 @@ class Subscription:
 
 def durable_name(service: str, stream: str) -> str:
     return f"{service}--{stream}"
+
+
+def handler_key(subject: str) -> str:
+    """The handlers' key of a subject: `<aggregate>.<event>` of `<service>.<tenant>.<aggregate>.<event>`."""
+    return ".".join(subject.split(".")[2:])
+
+
+async def run_handlers(
+    subscription: Subscription, session: AsyncSession, events: list[tuple[str, CloudEvent]]
+) -> None:
+    """Apply (subject, event) pairs in the caller's transaction: each event's handler, or one
+    call of a batch handler per kind. Kinds the subscription does not handle are skipped."""
+    batches: dict[str, list[CloudEvent]] = {}
+    for subject, event in events:
+        key = handler_key(subject)
+        if key in subscription.batch_handlers:
+            batches.setdefault(key, []).append(event)
+            continue
+        handler = subscription.handlers.get(key)
+        if handler is None:
+            continue
+        structlog.contextvars.bind_contextvars(
+            event_id=str(event.id), correlation_id=event.correlationid, tenant=event.tenant
+        )
+        try:
+            await handler(session, event)
+        finally:
+            structlog.contextvars.unbind_contextvars("event_id", "correlation_id", "tenant")
+    for key, batch in batches.items():
+        await subscription.batch_handlers[key](session, batch)
 
 
 class ConsumerRunner:
@@ -205,24 +243,7 @@ class ConsumerRunner:
         return set(inserted)
 
     async def _run_handlers(self, session: AsyncSession, events: list[tuple[Msg, CloudEvent]]) -> None:
-        batches: dict[str, list[CloudEvent]] = {}
-        for msg, event in events:
-            key = ".".join(msg.subject.split(".")[2:])
-            if key in self.subscription.batch_handlers:
-                batches.setdefault(key, []).append(event)
-                continue
-            handler = self.subscription.handlers.get(key)
-            if handler is None:
-                continue
-            structlog.contextvars.bind_contextvars(
-                event_id=str(event.id), correlation_id=event.correlationid, tenant=event.tenant
-            )
-            try:
-                await handler(session, event)
-            finally:
-                structlog.contextvars.unbind_contextvars("event_id", "correlation_id", "tenant")
-        for key, batch in batches.items():
-            await self.subscription.batch_handlers[key](session, batch)
+        await run_handlers(self.subscription, session, [(msg.subject, event) for msg, event in events])
 
     async def _acknowledge(self, msg: Msg, *, duplicate: bool) -> None:
         if duplicate:

@@ -53,6 +53,9 @@ EVENTS_DUPLICATE = Counter(
 DEAD_LETTERS = Counter(
     "helpdesk_dead_letters_total", "Events moved to the dead-letter table", ["service", "stream"]
 )
+DEAD_LETTERS_REPLAYED = Counter(
+    "helpdesk_dead_letters_replayed_total", "Dead-lettered events replayed by an admin", ["service", "stream"]
+)
 # Every worker measures the same shared table or consumer: the latest reading is the value.
 OUTBOX_BACKLOG = Gauge(
     "helpdesk_outbox_backlog", "Unpublished outbox rows", ["service"], multiprocess_mode="livemostrecent"

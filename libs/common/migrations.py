@@ -72,7 +72,7 @@ def create_messaging_tables(schema: str, *, with_outbox: bool = True) -> None:
     from libs.common.outbox import notify_channel, outbox_table
 
     metadata = make_metadata(schema)
-    tables = [inbox_table(metadata), dead_letter_table(metadata)]
+    tables = [inbox_table(metadata), dead_letter_table(metadata, as_first_created=True)]
     if with_outbox:
         tables.insert(0, outbox_table(metadata))
     for table in tables:
@@ -95,6 +95,17 @@ def create_messaging_tables(schema: str, *, with_outbox: bool = True) -> None:
 def drop_messaging_tables(schema: str) -> None:
     op.execute(f'DROP TABLE IF EXISTS "{schema}".dead_letters, "{schema}".inbox, "{schema}".outbox')
     op.execute(f'DROP FUNCTION IF EXISTS "{schema}".notify_outbox()')
+
+
+def add_dead_letter_replay_columns(schema: str) -> None:
+    """When and by whom a dead letter was replayed (libs/common/dead_letters.py)."""
+    op.execute(
+        f'ALTER TABLE "{schema}".dead_letters ADD COLUMN replayed_at timestamptz, ADD COLUMN replayed_by text'
+    )
+
+
+def drop_dead_letter_replay_columns(schema: str) -> None:
+    op.execute(f'ALTER TABLE "{schema}".dead_letters DROP COLUMN replayed_at, DROP COLUMN replayed_by')
 
 
 def _quote_literal(value: str) -> str:

@@ -16,7 +16,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name="analytics",
             description="Analytics: aggregates and dashboards built from events.",
             settings=settings or Settings(),
-            routers=[router, dead_letters_router("/api/v1/analytics", models.dead_letters)],
+            routers=[
+                router,
+                dead_letters_router(
+                    "/api/v1/analytics", models.dead_letters, inbox=models.inbox, subscriptions=subscriptions
+                ),
+            ],
             inbox=models.inbox,
             dead_letters=models.dead_letters,
             subscriptions=subscriptions,

@@ -16,7 +16,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name="notifications",
             description="Notifications: email, webhooks and the live stream.",
             settings=settings or Settings(),
-            routers=[dead_letters_router("/api/v1/notifications", models.dead_letters)],
+            routers=[
+                dead_letters_router(
+                    "/api/v1/notifications",
+                    models.dead_letters,
+                    inbox=models.inbox,
+                    subscriptions=subscriptions,
+                )
+            ],
             produces_stream=STREAM,
             outbox=models.outbox,
             inbox=models.inbox,

@@ -16,7 +16,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name="summarization",
             description="Summarization: AI summaries and categorisation of tickets.",
             settings=settings or Settings(),
-            routers=[dead_letters_router("/api/v1/summaries", models.dead_letters)],
+            routers=[
+                dead_letters_router(
+                    "/api/v1/summaries", models.dead_letters, inbox=models.inbox, subscriptions=subscriptions
+                )
+            ],
             produces_stream=STREAM,
             outbox=models.outbox,
             inbox=models.inbox,

@@ -28,7 +28,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 sla_router,
                 settings_router,
                 attachments_router,
-                dead_letters_router("/api/v1/tickets", models.dead_letters),
+                dead_letters_router(
+                    "/api/v1/tickets", models.dead_letters, inbox=models.inbox, subscriptions=subscriptions
+                ),
                 router,
             ],
             produces_stream=STREAM,

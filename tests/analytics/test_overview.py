@@ -1,14 +1,18 @@
 """Analytics overview: counts from real ticket events, ranges, permissions, bad input."""
 
+import json
 from datetime import UTC, date, datetime, timedelta
+from uuid import UUID
 
 import pytest
 
+from libs.common.ids import new_id
 from services.analytics.app import create_app as create_analytics
 from services.analytics.settings import Settings as AnalyticsSettings
 from services.tickets.app import create_app as create_tickets
 from services.tickets.settings import Settings as TicketSettings
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
+from tests.tickets.helpers import admin_fetch
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +85,37 @@ async def test_requesters_cannot_see_dashboards(clients, infra):
         "/api/v1/analytics/overview", headers=auth_headers(infra, unique_tenant(), ["requester"])
     )
     assert response.status_code == 403
+
+
+async def test_a_dead_lettered_ticket_event_is_counted_once_when_an_admin_replays_it(clients, infra):
+    tickets, analytics = clients
+    tenant = unique_tenant()
+    admin = auth_headers(infra, tenant, ["admin"])
+    created = await tickets.post("/api/v1/tickets", json={"subject": "누수"}, headers=admin)
+
+    async def counted(expected: int):
+        body = (await analytics.get("/api/v1/analytics/overview", headers=admin)).json()
+        return body if body["tickets_created"] == expected else None
+
+    await wait_until(lambda: counted(1))
+    # A second ticket's event that analytics gave up on (its handler failed until a fix).
+    [row] = await admin_fetch(
+        infra, "SELECT subject, payload FROM tickets.outbox WHERE aggregate_id = $1", created.json()["id"]
+    )
+    lost = {**json.loads(row["payload"]), "id": str(new_id())}
+    [letter] = await admin_fetch(
+        infra,
+        "INSERT INTO analytics.dead_letters (event_id, tenant_id, stream, consumer, subject, payload,"
+        " error, deliveries) VALUES ($1, $2, 'TICKETS', 'analytics--TICKETS', $3, $4, 'boom', 5)"
+        " RETURNING id",
+        UUID(lost["id"]),
+        tenant,
+        row["subject"],
+        json.dumps(lost),
+    )
+    replay = f"/api/v1/analytics/dead-letters/{letter['id']}/replay"
+    replayed = await analytics.post(replay, headers=admin)
+    assert replayed.status_code == 200, replayed.text
+    assert await counted(2)
+    assert (await analytics.post(replay, headers=admin)).status_code == 409
+    assert await counted(2)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -136,3 +138,26 @@ def minutes_after_creation(ticket: dict[str, Any], column: str) -> float | None:
         return None
     delta = datetime.fromisoformat(ticket[column]) - datetime.fromisoformat(ticket["created_at"])
     return delta.total_seconds() / 60
+
+
+@contextlib.asynccontextmanager
+async def updates_refused(infra, ticket_id: str) -> AsyncIterator[None]:
+    """While inside, the database refuses every update of the ticket (a trigger raising), as a
+    constraint or a bug would."""
+    name = f"tickets.refuse_update_{ticket_id.replace('-', '_')}"
+    await admin_fetch(
+        infra,
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.id = '{ticket_id}' THEN RAISE EXCEPTION 'refused by the test'; END IF;"
+        " RETURN NEW; END $$",
+    )
+    await admin_fetch(
+        infra,
+        "CREATE TRIGGER refuse_update BEFORE UPDATE ON tickets.tickets"
+        f" FOR EACH ROW EXECUTE FUNCTION {name}()",
+    )
+    try:
+        yield
+    finally:
+        await admin_fetch(infra, "DROP TRIGGER refuse_update ON tickets.tickets")
+        await admin_fetch(infra, f"DROP FUNCTION {name}()")

@@ -74,6 +74,7 @@ ROUTES: dict[str, tuple[str, str, Any]] = {
     "rename category": ("PATCH", "/categories/hvac", {"name": "냉난방"}),
     "remove category": ("DELETE", "/categories/hvac", None),
     "dead letters": ("GET", "/dead-letters", None),
+    "replay dead letter": ("POST", "/dead-letters/1/replay", None),  # none exists: admins get 404
     "sla policies": ("GET", "/sla/policies", None),
     "set sla policy": (
         "PUT",
@@ -115,6 +116,7 @@ EXPECTED: dict[str, tuple[int, ...]] = {
     "rename category":    (403, 403,  403,  200,  403,    403,    200,    403),
     "remove category":    (403, 403,  403,  204,  403,    403,    204,    403),
     "dead letters":       (403, 403,  403,  200,  403,    403,    200,    403),
+    "replay dead letter": (403, 403,  403,  404,  403,    403,    404,    403),
     # SLA reads are for agents and admins only (sla/endpoints.py STAFF): unlike the ticket
     # routes, the service role is refused here.
     "sla policies":       (403, 403,  200,  200,  403,    200,    200,    403),

@@ -2,8 +2,6 @@
 policy or calendar change too large for the admin's request."""
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -26,6 +24,7 @@ from tests.tickets.helpers import (
     outbox_types,
     patch_ticket,
     read_ticket,
+    updates_refused,
 )
 from tests.tickets.test_sla_api import POLICIES, URGENT, admin, agent
 
@@ -238,29 +237,6 @@ async def test_a_queued_retarget_starts_at_once_not_at_the_next_interval(infra):
         for ticket in concerned:
             moved = await read_ticket(client, agent(infra, tenant), ticket)
             assert minutes_after_creation(moved, "due_at") == 360
-
-
-@contextlib.asynccontextmanager
-async def updates_refused(infra, ticket_id: str) -> AsyncIterator[None]:
-    """While inside, the database refuses every update of the ticket (a trigger raising), as a
-    constraint or a bug would."""
-    name = f"tickets.refuse_update_{ticket_id.replace('-', '_')}"
-    await admin_fetch(
-        infra,
-        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-        f" IF NEW.id = '{ticket_id}' THEN RAISE EXCEPTION 'refused by the test'; END IF;"
-        " RETURN NEW; END $$",
-    )
-    await admin_fetch(
-        infra,
-        "CREATE TRIGGER refuse_update BEFORE UPDATE ON tickets.tickets"
-        f" FOR EACH ROW EXECUTE FUNCTION {name}()",
-    )
-    try:
-        yield
-    finally:
-        await admin_fetch(infra, "DROP TRIGGER refuse_update ON tickets.tickets")
-        await admin_fetch(infra, f"DROP FUNCTION {name}()")
 
 
 def test_a_failing_retarget_waits_longer_after_each_failure_up_to_an_hour():

@@ -26,7 +26,7 @@ from services.tickets.app import create_app
 from services.tickets.settings import Settings
 from services.tickets.summaries import CompletedSummary
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
-from tests.tickets.helpers import create_ticket, patch_ticket
+from tests.tickets.helpers import admin_fetch, assert_problem, create_ticket, patch_ticket, updates_refused
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 _numbers = itertools.count(1000)
@@ -238,6 +238,76 @@ async def test_malformed_summary_is_dead_lettered(harness: Harness) -> None:
     assert letters[0]["subject"] == subject
     assert "ticket_id" in letters[0]["error"]
     assert await harness.summary_text(ticket_id) == "ok"
+
+
+DEAD_LETTERS = "/api/v1/tickets/dead-letters"
+
+
+async def test_an_admin_replays_a_dead_lettered_summary_once_its_cause_is_gone(
+    harness: Harness, infra
+) -> None:
+    tenant = unique_tenant("sum")
+    admin = auth_headers(infra, tenant, ["admin"], "admin-1")
+    ticket_id = await harness.create_ticket(tenant)
+    async with updates_refused(infra, str(ticket_id)):  # the database refuses, as a bug would
+        await harness.publish_summary(tenant, ticket_id, "replayed summary", T0)
+        await wait_until(lambda: harness.dead_letters(tenant), timeout=60)
+        [letter] = (await harness.client.get(DEAD_LETTERS, headers=admin)).json()["items"]
+        assert letter["replayed_at"] is None and "refused by the test" in letter["error"]
+        replay = f"{DEAD_LETTERS}/{letter['id']}/replay"
+
+        # Still failing: a 409, nothing kept (not even the inbox mark), the new error shown.
+        await admin_fetch(infra, "UPDATE tickets.dead_letters SET error = 'old' WHERE id = $1", letter["id"])
+        assert_problem(await harness.client.post(replay, headers=admin), 409, detail="failed again")
+        [again] = (await harness.client.get(DEAD_LETTERS, headers=admin)).json()["items"]
+        assert again["replayed_at"] is None and "refused by the test" in again["error"]
+        assert await harness.summary_text(ticket_id) is None
+
+    assert_problem(
+        await harness.client.post(replay, headers=auth_headers(infra, tenant, ["agent"], "a")), 403
+    )
+    stranger = auth_headers(infra, unique_tenant("sum"), ["admin"], "admin-1")
+    assert_problem(await harness.client.post(replay, headers=stranger), 404)
+    assert_problem(await harness.client.post(f"{DEAD_LETTERS}/x/replay", headers=admin), 422)
+    replayed = await harness.client.post(replay, headers=admin)
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["replayed_by"] == "admin-1" and replayed.json()["replayed_at"] is not None
+    assert await harness.summary_text(ticket_id) == "replayed summary"
+    # Once only; listed as replayed.
+    assert_problem(await harness.client.post(replay, headers=admin), 409, detail="was replayed")
+    waiting = await harness.client.get(DEAD_LETTERS, params={"replayed": "false"}, headers=admin)
+    assert waiting.json()["items"] == []
+    done = await harness.client.get(DEAD_LETTERS, params={"replayed": "true"}, headers=admin)
+    assert [item["id"] for item in done.json()["items"]] == [letter["id"]]
+
+
+async def test_a_replay_never_applies_an_event_twice_nor_one_no_longer_handled(
+    harness: Harness, infra
+) -> None:
+    tenant = unique_tenant("sum")
+    admin = auth_headers(infra, tenant, ["admin"], "admin-1")
+    ticket_id = await harness.create_ticket(tenant)
+    async with updates_refused(infra, str(ticket_id)):
+        _, event = await harness.publish_summary(tenant, ticket_id, "handled elsewhere", T0)
+        await wait_until(lambda: harness.dead_letters(tenant), timeout=60)
+    [letter] = (await harness.client.get(DEAD_LETTERS, headers=admin)).json()["items"]
+    # The event was handled since (say, re-published and consumed): the replay only marks it.
+    await admin_fetch(infra, "INSERT INTO tickets.inbox (event_id, subject) VALUES ($1, 'x')", event.id)
+    replayed = await harness.client.post(f"{DEAD_LETTERS}/{letter['id']}/replay", headers=admin)
+    assert replayed.status_code == 200, replayed.text
+    assert await harness.summary_text(ticket_id) is None
+
+    # A kind of event this service does not handle (any more) is not replayed.
+    [row] = await admin_fetch(
+        infra,
+        "INSERT INTO tickets.dead_letters (event_id, tenant_id, stream, consumer, subject, payload,"
+        " error, deliveries) SELECT event_id, tenant_id, stream, consumer,"
+        " replace(subject, 'summary.completed', 'summary.retracted'), payload, error, deliveries"
+        " FROM tickets.dead_letters WHERE id = $1 RETURNING id",
+        letter["id"],
+    )
+    refused = await harness.client.post(f"{DEAD_LETTERS}/{row['id']}/replay", headers=admin)
+    assert_problem(refused, 409, detail="no longer handles 'summary.retracted'")
 
 
 def test_tickets_reads_what_summarization_publishes() -> None:
