@@ -113,10 +113,12 @@ async def delete_status(key: SettingKey, session: TenantSessionDep, identity: Id
     """Remove a tenant status that no ticket uses (admins). Built-in statuses stay."""
     if key in BUILTIN_STATUSES:
         raise ProblemError(409, "Conflict", f"built-in status {key!r} cannot be removed")
+    # Locked first, so a ticket moving into it meanwhile commits before the check below.
+    if not await repository.lock_status(session, identity.tenant, key, for_removal=True):
+        raise ProblemError(404, "Not Found", f"status {key!r} not found")
     if await repository.status_in_use(session, identity.tenant, key):
         raise ProblemError(409, "Conflict", f"status {key!r} is in use by tickets; move them first")
-    if not await repository.delete_status(session, identity.tenant, key):
-        raise ProblemError(404, "Not Found", f"status {key!r} not found")
+    await repository.delete_status(session, identity.tenant, key)
     return Response(status_code=204)
 
 

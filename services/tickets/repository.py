@@ -21,6 +21,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -638,11 +639,33 @@ async def name_builtin_status(session: AsyncSession, tenant_id: str, values: dic
     )
 
 
+async def lock_status(session: AsyncSession, tenant_id: str, key: str, *, for_removal: bool = False) -> bool:
+    """Lock a tenant status until commit; False when there is none (a removal committed first).
+
+    A ticket moving into the status holds it FOR KEY SHARE (renames still pass); its removal
+    locks it FOR UPDATE before checking that no ticket uses it, so it waits for those moves.
+    """
+    query = (
+        select(statuses.c.key)
+        .where(statuses.c.tenant_id == tenant_id, statuses.c.key == key)
+        .with_for_update(key_share=not for_removal)
+    )
+    return (await session.execute(query)).first() is not None
+
+
 async def delete_status(session: AsyncSession, tenant_id: str, key: str) -> bool:
     result = await session.execute(
         statuses.delete().where(statuses.c.tenant_id == tenant_id, statuses.c.key == key)
     )
     return result.rowcount > 0
+
+
+async def serialize_parent_changes(session: AsyncSession, tenant_id: str) -> None:
+    """A transaction lock per tenant for changes of parent links (released at commit)."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended('tickets.parent_links:' || :tenant, 0))"),
+        {"tenant": tenant_id},
+    )
 
 
 async def status_in_use(session: AsyncSession, tenant_id: str, key: str) -> bool:

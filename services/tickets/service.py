@@ -98,6 +98,17 @@ def _forbidden(detail: str) -> ProblemError:
     return ProblemError(403, "Forbidden", detail, type_="https://helpdesk.dev/problems/forbidden")
 
 
+def _merged(ticket: dict[str, Any]) -> ProblemError:
+    """A merged ticket stays closed: its conversation goes on in the ticket it was merged into."""
+    return ProblemError(
+        409,
+        "Conflict",
+        f"ticket #{ticket['number']} was merged into ticket {ticket['merged_into_id']}; work on that one",
+        type_="https://helpdesk.dev/problems/merged",
+        merged_into_id=str(ticket["merged_into_id"]),
+    )
+
+
 def _invalid(detail: str, field: str) -> ProblemError:
     return ProblemError(
         422,
@@ -161,11 +172,16 @@ async def _check_parent(
         return
     if ticket_id is not None and str(parent_id) == ticket_id:
         raise _invalid("a ticket cannot be its own parent", "parent_id")
+    if ticket_id is not None:
+        # Re-linking an existing ticket: one at a time per tenant, so two concurrent changes
+        # (X under Y, Y under X) cannot each pass the walk below and form a cycle together.
+        await repository.serialize_parent_changes(session, tenant_id)
     seen = {ticket_id}
     current: str | None = str(parent_id)
     while current is not None:  # walk up: the new parent must exist and not descend from this ticket
         parent = await repository.get_ticket(session, tenant_id, current)
-        if parent is None or parent["deleted_at"] is not None:
+        # The new parent must be a live ticket; an ancestor further up may be deleted.
+        if parent is None or (current == str(parent_id) and parent["deleted_at"] is not None):
             raise _invalid(f"parent ticket {parent_id} not found", "parent_id")
         if current in seen:
             raise _invalid("parent links may not form a cycle", "parent_id")
@@ -311,11 +327,17 @@ async def _apply_changes(
         if _json_value(value) != _json_value(ticket.get(field))
     }
     if "status" in changes:
+        if ticket["merged_into_id"] is not None:
+            raise _merged(ticket)
         new_status = workflow.get(changes["status"])
-        if new_status is None:
+        # A tenant status is held (KEY SHARE) until commit, so it cannot be removed meanwhile.
+        if new_status is None or (
+            not new_status.builtin and not await repository.lock_status(session, tenant, new_status.key)
+        ):
             raise _invalid(f"unknown status {changes['status']!r}", "status")
-        if not workflow.can_move(ticket["status"], new_status.key):
-            allowed = workflow.allowed_next(ticket["status"])
+        current_category = StatusCategory(ticket["status_category"])
+        if not workflow.can_move(ticket["status"], new_status.key, current_category):
+            allowed = workflow.allowed_next(ticket["status"], current_category)
             raise ProblemError(
                 409,
                 "Conflict",
@@ -597,6 +619,8 @@ async def add_comment(
     ticket = await _lock_visible(session, identity, ticket_id)
     if data.visibility == "internal" and not is_staff(identity):
         raise _forbidden("requesters cannot write internal notes")
+    if ticket["merged_into_id"] is not None:
+        raise _merged(ticket)
     body = html_to_text(data.body) if data.content_type == "text/html" else data.body
     if not body.strip():
         raise _invalid("the comment is empty (after removing HTML)", "body")

@@ -77,13 +77,20 @@ class Workflow:
             key=lambda s: (categories.index(s.category), not s.builtin, s.position, s.key),
         )
 
-    def allowed_next(self, current_key: str) -> list[str]:
-        """Statuses a ticket in `current_key` may move to, in display order."""
-        current = self.statuses[current_key]
+    def allowed_next(self, current_key: str, current_category: StatusCategory | None = None) -> list[str]:
+        """Statuses a ticket in `current_key` may move to, in display order. A status removed
+        since the ticket took it (`current_category` given) moves like its category."""
+        current = self.statuses.get(current_key)
+        if current is None:
+            if current_category is None:
+                raise KeyError(current_key)
+            current = Status(current_key, current_key, current_category, False)
         reachable = set(CATEGORY_TRANSITIONS[current.category])
         if current.category is not StatusCategory.closed:
             reachable.add(current.category)  # e.g. pending -> waiting_on_vendor
         return [s.key for s in self.ordered() if s.category in reachable and s.key != current_key]
 
-    def can_move(self, current_key: str, new_key: str) -> bool:
-        return new_key in self.allowed_next(current_key)
+    def can_move(
+        self, current_key: str, new_key: str, current_category: StatusCategory | None = None
+    ) -> bool:
+        return new_key in self.allowed_next(current_key, current_category)
