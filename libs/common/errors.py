@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -96,11 +97,21 @@ async def _problem_error(_: Request, exc: ProblemError) -> JSONResponse:
     )
 
 
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else title_for(exc.status_code)
-    return problem_response(
-        exc.status_code, title_for(exc.status_code), detail, headers=getattr(exc, "headers", None)
-    )
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path; RFC 9110 wants them all.
+        headers = {**(headers or {}), "Allow": ", ".join(_methods_on_path(request))}
+    return problem_response(exc.status_code, title_for(exc.status_code), detail, headers=headers)
+
+
+def _methods_on_path(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

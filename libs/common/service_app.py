@@ -207,6 +207,9 @@ def create_service_app(definition: ServiceDefinition) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         telemetry=FASTAPI_TELEMETRY_OFF,
+        # A redirect would name this service's own address, which clients behind the gateway
+        # must never see: `/api/v1/tickets/` is a 404 problem instead.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.token_verifier = TokenVerifier(settings)

@@ -100,6 +100,21 @@ async def upload(request: Request) -> dict:
     return {"bytes": len(await request.body())}
 
 
+@router.get("/items/{item_id}")
+async def read_item(item_id: int) -> dict:
+    return {"id": item_id}
+
+
+@router.patch("/items/{item_id}")
+async def change_item(item_id: int) -> dict:
+    return {"id": item_id}
+
+
+@router.delete("/items/{item_id}")
+async def remove_item(item_id: int) -> dict:
+    return {"id": item_id}
+
+
 @router.get("/own-timeout")
 async def own_timeout() -> dict:
     raise TimeoutError("an upstream the endpoint called timed out")
@@ -139,6 +154,19 @@ async def test_unknown_route_is_a_404_problem(client):
     response = await client.get("/nope")
     assert response.status_code == 404
     assert response.json()["status"] == 404
+
+
+async def test_a_trailing_slash_is_a_404_problem_not_a_redirect_to_the_service(client):
+    response = await client.get("/boom/")
+    assert response.status_code == 404 and "location" not in response.headers
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_wrong_method_is_a_405_problem_allowing_every_method_of_the_path(client):
+    response = await client.put("/items/7")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["allow"] == "DELETE, GET, PATCH"
 
 
 async def test_request_id_is_generated_or_passed_through(client):
