@@ -11,11 +11,18 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Path, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.common.auth import IdentityDep, require_roles
+from libs.common.auth import Identity, IdentityDep, require_roles
 from libs.common.db import TenantSessionDep
 from libs.common.errors import ProblemError
-from libs.common.idempotency import IdempotencyKeyHeader, claim_key, request_fingerprint, store_response
+from libs.common.idempotency import (
+    IdempotencyKeyHeader,
+    StoredResponse,
+    claim_key,
+    request_fingerprint,
+    store_response,
+)
 from libs.common.pagination import (
     CURSOR_ERRORS,
     CursorQuery,
@@ -174,23 +181,35 @@ async def create_ticket(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     """Create a ticket. With `Idempotency-Key`, a retry with the same body replays the first response."""
-    if idempotency_key:
-        fingerprint = request_fingerprint(
-            "POST /api/v1/tickets", identity.user_id, data.model_dump(mode="json")
-        )
-        stored = await claim_key(session, idempotency_keys, identity.tenant, idempotency_key, fingerprint)
-        if stored is not None:
-            return JSONResponse(
-                stored.body,
-                status_code=stored.status_code,
-                headers={"Idempotent-Replayed": "true", "Location": f"/api/v1/tickets/{stored.body['id']}"},
-            )
+    fingerprint = ("POST /api/v1/tickets", data)
+    if stored := await _replayed(session, identity, idempotency_key, fingerprint):
+        location = f"/api/v1/tickets/{stored.body['id']}"
+        return _ticket_response(stored.body, stored.status_code, Location=location, **REPLAYED)
     ticket = await service.create_ticket(session, identity, data)
-    if idempotency_key:
-        await store_response(
-            session, idempotency_keys, identity.tenant, idempotency_key, 201, jsonable(ticket)
-        )
+    await _store_for_replay(session, identity, idempotency_key, ticket)
     return _ticket_response(ticket, 201, Location=f"/api/v1/tickets/{ticket['id']}")
+
+
+REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+async def _replayed(
+    session: AsyncSession, identity: Identity, key: str | None, request: tuple[str, BaseModel]
+) -> StoredResponse | None:
+    """With an `Idempotency-Key`: claim it for this request (route and body), or return the
+    response of the first request that used it."""
+    if not key:
+        return None
+    route, body = request
+    fingerprint = request_fingerprint(route, identity.user_id, body.model_dump(mode="json"))
+    return await claim_key(session, idempotency_keys, identity.tenant, key, fingerprint)
+
+
+async def _store_for_replay(
+    session: AsyncSession, identity: Identity, key: str | None, created: dict[str, Any]
+) -> None:
+    if key:
+        await store_response(session, idempotency_keys, identity.tenant, key, 201, jsonable(created))
 
 
 @router.get("/{ticket_id}", response_model=TicketRead)
@@ -280,10 +299,18 @@ async def list_comments(
 
 @router.post("/{ticket_id}/comments", status_code=201, response_model=CommentRead)
 async def add_comment(
-    ticket_id: UUID, data: CommentCreate, session: TenantSessionDep, identity: IdentityDep
+    ticket_id: UUID,
+    data: CommentCreate,
+    session: TenantSessionDep,
+    identity: IdentityDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> FastJSONResponse:
-    """Reply publicly or add an internal note (agents). HTML is reduced to plain text."""
+    """Reply publicly or add an internal note (agents). HTML is reduced to plain text. With
+    `Idempotency-Key`, a retry with the same body replays the first response."""
+    if stored := await _replayed(session, identity, idempotency_key, (f"POST comment {ticket_id}", data)):
+        return FastJSONResponse(stored.body, status_code=stored.status_code, headers=REPLAYED)
     comment = await service.add_comment(session, identity, ticket_id, data)
+    await _store_for_replay(session, identity, idempotency_key, comment)
     return FastJSONResponse(comment, status_code=201)
 
 

@@ -113,11 +113,36 @@ async def test_idempotency_key_replays_the_first_response(tickets, infra):
     assert first.status_code == again.status_code == 201
     assert again.json() == first.json()
     assert again.headers["idempotent-replayed"] == "true"
+    # The replay is the first response, headers too: a client can PATCH with its ETag.
+    assert again.headers["etag"] == first.headers["etag"] == 'W/"1"'
+    assert again.headers["location"] == first.headers["location"]
     listing = await tickets.get("/api/v1/tickets", headers=auth_headers(infra, tenant, ["agent"]))
     assert len(listing.json()["items"]) == 1
     reused = await tickets.post("/api/v1/tickets", json={"subject": "different"}, headers=headers)
     assert reused.status_code == 422
     assert reused.json()["type"].endswith("idempotency-key-reused")
+
+
+async def test_idempotency_key_replays_a_comment_instead_of_adding_it_twice(tickets, infra):
+    tenant = unique_tenant()
+    agent = auth_headers(infra, tenant, ["agent"])
+    ticket = (await tickets.post("/api/v1/tickets", json={"subject": "누수"}, headers=agent)).json()
+    comments = f"/api/v1/tickets/{ticket['id']}/comments"
+    retry = agent | {"Idempotency-Key": "reply-1"}
+    first = await tickets.post(comments, json={"body": "plumber at 3pm"}, headers=retry)
+    again = await tickets.post(comments, json={"body": "plumber at 3pm"}, headers=retry)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert len((await tickets.get(comments, headers=agent)).json()["items"]) == 1
+    # The key names one request: another body, another ticket or a create is refused.
+    other = (await tickets.post("/api/v1/tickets", json={"subject": "x"}, headers=agent)).json()
+    for path, body in [
+        (comments, {"body": "plumber at 4pm"}),
+        (f"/api/v1/tickets/{other['id']}/comments", {"body": "plumber at 3pm"}),
+        ("/api/v1/tickets", {"subject": "plumber at 3pm"}),
+    ]:
+        reused = await tickets.post(path, json=body, headers=retry)
+        assert reused.status_code == 422 and reused.json()["type"].endswith("idempotency-key-reused")
 
 
 async def test_concurrent_requests_with_one_idempotency_key_create_one_ticket(tickets, infra):
