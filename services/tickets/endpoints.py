@@ -442,7 +442,9 @@ class TicketListQuery(BaseModel):
         max_length=search.MAX_QUERY_LENGTH,
         description=(
             "Search subject, description and comments: every term must match; words whole, the"
-            " last one also as a prefix; Korean terms anywhere inside words"
+            " last one also as a prefix; Korean terms anywhere inside words. Ranks the newest"
+            f" {search.MAX_HITS} matching tickets and the tickets of the newest {search.MAX_HITS}"
+            " matching comments that pass the other filters: add filters to reach older matches"
         ),
     )
     sort: Literal["created_at", "updated_at", "priority", "due_at", "relevance"] | None = None

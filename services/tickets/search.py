@@ -105,9 +105,11 @@ def matches(
 ) -> ColumnElement:
     """Tickets whose subject, description or a comment matches the query.
 
-    Each side contributes its newest MAX_HITS matches: for a rare term the GIN index finds them,
-    for a term in a large share of the tenant the planner walks the newest rows instead and
-    stops early, so neither has to read every match before ranking.
+    Each side contributes its newest MAX_HITS matches among the tickets that pass
+    `ticket_conditions`: for a rare term the GIN index finds them, for a term in a large share of
+    the tenant the planner walks the newest rows instead and stops early, so neither has to read
+    every match before ranking. Older matches beyond the cap are not returned: narrowing the
+    search with filters (a status, a date range) reaches them.
     """
     ticket_hits = (
         select(tickets.c.id)
@@ -115,8 +117,17 @@ def matches(
         .order_by(tickets.c.created_at.desc(), tickets.c.id.desc())
         .limit(MAX_HITS)
     )
-    comment_hits = select(comments.c.ticket_id).where(
-        comments.c.tenant_id == bindparam("tenant_id"), comments.c.search_vector.op("@@")(_tsquery())
+    # A comment counts only if its ticket passes the same conditions (the caller's own tickets,
+    # the filters): else other tickets' comments, even ones the caller cannot see, could fill
+    # the cap and hide the caller's matches.
+    comment_hits = (
+        select(comments.c.ticket_id)
+        .select_from(comments.join(tickets, tickets.c.id == comments.c.ticket_id))
+        .where(
+            *ticket_conditions,
+            comments.c.tenant_id == bindparam("tenant_id"),
+            comments.c.search_vector.op("@@")(_tsquery()),
+        )
     )
     if public_comments_only:
         comment_hits = comment_hits.where(comments.c.visibility == "public")

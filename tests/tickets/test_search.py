@@ -2,8 +2,9 @@
 
 import pytest
 
+from services.tickets.search import MAX_HITS
 from tests.conftest import auth_headers, unique_tenant
-from tests.tickets.helpers import create_ticket, patch_ticket
+from tests.tickets.helpers import TICKETS, create_ticket, patch_ticket
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,29 @@ async def test_requesters_search_only_their_tickets_and_never_internal_notes(tic
     assert names(await search(tickets, agent, "xyzzy"), made) == {"hvac"}
     assert await search(tickets, requester, "xyzzy") == []
     assert names(await search(tickets, requester, "누수"), made) == {"hvac"}  # own ticket, public comment
+
+
+async def test_other_tickets_comments_never_crowd_out_the_callers_matches(tickets, infra):
+    # More matching comments on someone else's ticket than the search ranks (MAX_HITS): the
+    # requester's own match must still be found, and nothing of the other ticket shown.
+    tenant = unique_tenant()
+    agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+    requester = auth_headers(infra, tenant, ["requester"], "req-1")
+    own = await create_ticket(tickets, requester, subject="door code")
+    await tickets.post(
+        f"{TICKETS}/{own['id']}/comments", json={"body": "the code is zeppelin"}, headers=requester
+    )
+    busy = await create_ticket(tickets, agent, subject="vendor thread")
+    for n in range(MAX_HITS + 5):
+        body = {"body": f"zeppelin part {n}", "visibility": "internal" if n % 2 else "public"}
+        assert (
+            await tickets.post(f"{TICKETS}/{busy['id']}/comments", json=body, headers=agent)
+        ).status_code == 201
+    found = (await tickets.get(TICKETS, params={"q": "zeppelin"}, headers=requester)).json()["items"]
+    assert [ticket["id"] for ticket in found] == [own["id"]]
+    # An agent narrows with a filter, which the cap then counts within, too.
+    narrowed = await tickets.get(TICKETS, params={"q": "zeppelin", "requester": "req-1"}, headers=agent)
+    assert [ticket["id"] for ticket in narrowed.json()["items"]] == [own["id"]]
 
 
 async def test_search_special_characters_are_literal(tickets, corpus):
