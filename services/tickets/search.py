@@ -47,6 +47,7 @@ _HANGUL_RUN = re.compile(r"[가-힣]{2,}")
 _HANGUL_WORD = re.compile(r"^[가-힣]{2,}$")
 _TOKEN = re.compile(r"[^\W_]+")
 _DIGITS = re.compile(r"\d+")
+_FLOOR_LIKE = re.compile(r"^\d+[가-힣]+$")
 
 
 def search_terms_of(text: str) -> str:
@@ -85,6 +86,10 @@ def tsquery_text(q: str) -> str | None:
                 # the right path.
                 phrase = f"'{token}':* | {phrase}"
             terms.append(phrase)
+        elif _FLOOR_LIKE.match(token):
+            # A number with a Korean counter (3층, 2호) is mostly followed by a particle inside
+            # the same word ("3층에서"): a prefix finds it, and it is specific enough to be cheap.
+            terms.append(f"'{token}':*")
         elif len(token) >= MIN_PREFIX_LENGTH and position == len(tokens) - 1:
             terms.append(f"'{token}':*")
         else:  # whole words; a short prefix would expand to a large share of the vocabulary

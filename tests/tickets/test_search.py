@@ -209,7 +209,16 @@ def test_query_terms_become_words_a_last_prefix_and_korean_phrases():
     assert tsquery_text("printer") == "('printer':*)"
     assert tsquery_text("엘리베이터 소음") == "('엘리' <-> '리베' <-> '베이' <-> '이터') & ('소음')"
     assert tsquery_text("엘리베이터") == "('엘리베이터':* | '엘리' <-> '리베' <-> '베이' <-> '이터')"
+    assert tsquery_text("3층 누수") == "('3층':*) & ('누수')"  # "3층에서" is one word
     assert tsquery_text("%_'") is None
+
+
+async def test_a_floor_number_matches_with_the_particle_that_follows_it(tickets, infra):
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    stuck = await create_ticket(tickets, agent, subject="엘리베이터가 3층에서 멈췄어요")
+    await create_ticket(tickets, agent, subject="13층 복도 조명", description="30층 아님")
+    found = (await tickets.get(TICKETS, params={"q": "3층"}, headers=agent)).json()["items"]
+    assert [ticket["id"] for ticket in found] == [stuck["id"]]
 
 
 async def test_korean_terms_match_inside_longer_words_and_english_prefixes(tickets, corpus):
