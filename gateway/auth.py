@@ -74,6 +74,7 @@ async def issue_access_token(
         username,
         client_ip,
         max_failures=settings.login_max_failures,
+        max_failures_per_ip=settings.login_max_failures_per_ip,
         window_s=settings.login_failure_window_s,
     )
     if retry_after is not None:

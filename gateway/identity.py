@@ -147,7 +147,8 @@ _RETRY_AFTER = text(
     SELECT max(extract(epoch FROM window_started_at + make_interval(secs => :window_s) - now()))
     FROM identity.login_failures
     WHERE (scope, key) IN (SELECT * FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[])))
-      AND failures >= :max_failures
+      AND failures >= CASE scope WHEN 'ip' THEN CAST(:max_failures_per_ip AS int)
+                                     ELSE CAST(:max_failures AS int) END
       AND window_started_at > now() - make_interval(secs => :window_s)
     """
 )
@@ -166,9 +167,18 @@ _RECORD_FAILURE = text(
 
 
 async def login_retry_after(
-    session: AsyncSession, email: str, client_ip: str | None, *, max_failures: int, window_s: int
+    session: AsyncSession,
+    email: str,
+    client_ip: str | None,
+    *,
+    max_failures: int,
+    max_failures_per_ip: int,
+    window_s: int,
 ) -> int | None:
-    """Seconds until the next login attempt is allowed for this email or IP; None when not throttled."""
+    """Seconds until the next login attempt is allowed for this email or IP; None when not throttled.
+
+    An address gets more failures than an account: many people may share it (an office behind
+    one NAT), and one of them mistyping must not lock the others out."""
     scopes, keys = zip(*_throttle_keys(email, client_ip), strict=True)
     result = await session.execute(
         _RETRY_AFTER,
@@ -176,6 +186,7 @@ async def login_retry_after(
             "scopes": list(scopes),
             "keys": list(keys),
             "max_failures": max_failures,
+            "max_failures_per_ip": max_failures_per_ip,
             "window_s": float(window_s),
         },
     )

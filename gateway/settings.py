@@ -34,5 +34,6 @@ class Settings(CommonSettings):
     gzip_minimum_bytes: int = Field(default=1000, ge=0)
 
     token_ttl_s: int = Field(default=3600, ge=60, le=86_400)
-    login_max_failures: int = Field(default=5, ge=1)
+    login_max_failures: int = Field(default=5, ge=1)  # per account
+    login_max_failures_per_ip: int = Field(default=50, ge=1)
     login_failure_window_s: int = Field(default=900, ge=1)

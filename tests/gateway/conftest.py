@@ -131,6 +131,7 @@ def gateway_settings(infra: Infra, echo_url: str, **overrides) -> Settings:
         "upstream_timeout_s": UPSTREAM_TIMEOUT_S,
         "openapi_cache_s": 0,
         "login_max_failures": 5,
+        "login_max_failures_per_ip": 12,
         "login_failure_window_s": 900,
     }
     values.update(overrides)

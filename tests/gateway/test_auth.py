@@ -72,7 +72,14 @@ async def test_login_throttled_per_email_even_with_correct_password(gateway: Gat
 async def test_login_throttled_per_client_address(gateway: Gateway, client_ip: str) -> None:
     _, email, _ = await create_user(gateway)
     async with gateway.client_from(client_ip) as client:
-        for attempt in range(gateway.settings.login_max_failures):
+        # One mistyping colleague behind the same address locks out nobody else...
+        for _ in range(gateway.settings.login_max_failures):
+            assert (await login(client, f"typo@{client_ip}.test", "guess")).status_code == 401
+        assert (await login(client, email, PASSWORD)).status_code == 200
+        # ...but spraying many accounts from one address is stopped.
+        for attempt in range(
+            gateway.settings.login_max_failures_per_ip - gateway.settings.login_max_failures
+        ):
             assert (await login(client, f"spray-{attempt}@{client_ip}.test", "guess")).status_code == 401
         assert (await login(client, email, PASSWORD)).status_code == 429
 
