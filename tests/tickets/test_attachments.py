@@ -202,6 +202,26 @@ async def test_other_tenant_and_deleted_tickets_are_404(client, infra, admin_db,
     assert (await client.get(url(deleted_ticket), headers=agent)).status_code == 404
 
 
+async def test_admins_read_but_never_change_the_attachments_of_a_deleted_ticket(client, infra, admin_db):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    agent, admin = auth_headers(infra, tenant, ["agent"]), auth_headers(infra, tenant, ["admin"])
+    created = (await upload(client, ticket_id, agent, b"invoice")).json()
+    await admin_db.execute(
+        "UPDATE tickets.tickets SET deleted_at = now() WHERE id = $1", uuid.UUID(ticket_id)
+    )
+    # As the ticket itself and its comments: an admin reads them, to restore or audit.
+    listed = await client.get(url(ticket_id), headers=admin)
+    assert [item["id"] for item in listed.json()["items"]] == [created["id"]]
+    assert (
+        await client.get(url(ticket_id, f"/{created['id']}/content"), headers=admin)
+    ).content == b"invoice"
+    for headers in (agent, admin):
+        assert (await client.delete(url(ticket_id, f"/{created['id']}"), headers=headers)).status_code == 404
+        assert (await upload(client, ticket_id, headers, b"late")).status_code == 404
+    assert (await client.get(url(ticket_id), headers=agent)).status_code == 404
+
+
 async def test_oversized_upload_is_413_and_leaves_nothing(client, infra, admin_db, blob_dir):
     tenant = unique_tenant()
     ticket_id = await create_ticket(admin_db, tenant)

@@ -27,10 +27,13 @@ PUBLIC_COLUMNS = [
 
 
 async def ticket_is_visible(
-    session: AsyncSession, tenant_id: str, ticket_id: UUID, requester_id: str | None
+    session: AsyncSession, tenant_id: str, ticket_id: UUID, requester_id: str | None, *, include_deleted: bool
 ) -> bool:
-    """The ticket exists in the tenant, is not deleted, and (for a requester) is theirs."""
-    conditions = [tickets.c.tenant_id == tenant_id, tickets.c.id == ticket_id, tickets.c.deleted_at.is_(None)]
+    """The ticket exists in the tenant, is not deleted (unless `include_deleted`), and (for a
+    requester) is theirs."""
+    conditions = [tickets.c.tenant_id == tenant_id, tickets.c.id == ticket_id]
+    if not include_deleted:
+        conditions.append(tickets.c.deleted_at.is_(None))
     if requester_id is not None:
         conditions.append(tickets.c.requester_id == requester_id)
     return (await session.scalar(select(tickets.c.id).where(*conditions))) is not None

@@ -133,10 +133,14 @@ def _store_unavailable(exc: BlobStoreError) -> ProblemError:
     )
 
 
-async def require_visible_ticket(session: AsyncSession, identity: Identity, ticket_id: UUID) -> None:
-    """A 404 problem unless the caller may see the ticket."""
+async def require_visible_ticket(
+    session: AsyncSession, identity: Identity, ticket_id: UUID, *, reading: bool = False
+) -> None:
+    """A 404 problem unless the caller may see the ticket; admins read (never change) the
+    attachments of a deleted ticket, as they read the ticket itself."""
+    include_deleted = reading and identity.has_any("admin")
     if not await repository.ticket_is_visible(
-        session, identity.tenant, ticket_id, own_requester_id(identity)
+        session, identity.tenant, ticket_id, own_requester_id(identity), include_deleted=include_deleted
     ):
         raise ProblemError(404, "Not Found", f"ticket {ticket_id} not found")
 
@@ -239,7 +243,7 @@ async def list_attachments(
     limit: int,
     after: tuple[datetime, UUID] | None,
 ) -> list[dict[str, Any]]:
-    await require_visible_ticket(session, identity, ticket_id)
+    await require_visible_ticket(session, identity, ticket_id, reading=True)
     return await repository.list_attachments(
         session,
         identity.tenant,
@@ -251,10 +255,10 @@ async def list_attachments(
 
 
 async def get_attachment(
-    session: AsyncSession, identity: Identity, ticket_id: UUID, attachment_id: UUID
+    session: AsyncSession, identity: Identity, ticket_id: UUID, attachment_id: UUID, *, reading: bool = True
 ) -> dict[str, Any]:
     """The attachment's row (with its storage key) if the caller may see it, else a 404 problem."""
-    await require_visible_ticket(session, identity, ticket_id)
+    await require_visible_ticket(session, identity, ticket_id, reading=reading)
     row = await repository.get_attachment(
         session, identity.tenant, ticket_id, attachment_id, public_only=not is_staff(identity)
     )
@@ -298,7 +302,7 @@ async def delete_attachment(
 ) -> None:
     """Uploader, agents and admins may delete. The row goes first; if the blob cannot be removed
     the transaction rolls back and the client may retry (deleting a blob twice is harmless)."""
-    row = await get_attachment(session, identity, ticket_id, attachment_id)
+    row = await get_attachment(session, identity, ticket_id, attachment_id, reading=False)
     if row["uploaded_by"] != identity.user_id and not identity.has_any("agent", "admin"):
         raise ProblemError(
             403, "Forbidden", "only the uploader, an agent or an admin may delete an attachment"
