@@ -70,6 +70,26 @@ class RequestIdMiddleware:
             structlog.contextvars.unbind_contextvars("request_id")
 
 
+class HeadAsGetMiddleware:
+    """HEAD wherever GET is served (RFC 9110 §9.3.2): the GET runs, its headers are sent, its body
+    is not. FastAPI routes answer only the methods they declare."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+
+
 # The running request's deadline, for `lift_request_deadline`.
 _request_deadline: ContextVar[asyncio.Timeout | None] = ContextVar("request_deadline", default=None)
 

@@ -23,7 +23,12 @@ from libs.common.db import create_engine, create_session_factory, finish_read_on
 from libs.common.errors import install_problem_handlers
 from libs.common.events import ensure_stream
 from libs.common.health import health_router
-from libs.common.http import ConcurrencyLimitMiddleware, RequestDeadlineMiddleware, RequestIdMiddleware
+from libs.common.http import (
+    ConcurrencyLimitMiddleware,
+    HeadAsGetMiddleware,
+    RequestDeadlineMiddleware,
+    RequestIdMiddleware,
+)
 from libs.common.logging import configure_logging
 from libs.common.metrics import MetricsMiddleware, metrics_router
 from libs.common.outbox import OutboxRelay
@@ -223,6 +228,7 @@ def create_service_app(definition: ServiceDefinition) -> FastAPI:
         ConcurrencyLimitMiddleware, limit=settings.max_concurrent_requests, service=definition.name
     )
     app.add_middleware(RequestDeadlineMiddleware, deadline_s=settings.request_deadline_s)
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(MetricsMiddleware, service=definition.name)
     app.add_middleware(RequestIdMiddleware)
     return app

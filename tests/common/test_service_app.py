@@ -169,6 +169,14 @@ async def test_a_wrong_method_is_a_405_problem_allowing_every_method_of_the_path
     assert response.headers["allow"] == "DELETE, GET, PATCH"
 
 
+async def test_head_answers_the_headers_of_get_without_its_body(client):
+    got, head = await client.get("/items/7"), await client.head("/items/7")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == got.headers["content-length"] != "0"
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert (await client.head("/upload")).status_code == 405  # POST only
+
+
 async def test_request_id_is_generated_or_passed_through(client):
     generated = await client.get("/healthz")
     assert len(generated.headers["x-request-id"]) >= 32
