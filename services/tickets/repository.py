@@ -288,8 +288,14 @@ def _conditions(filters: TicketFilters, own_only: bool) -> list[ColumnElement]:
     if filters.due_before is not None:
         where.append(bindparam("f_due_before", type_=c.due_at.type) > DUE_SORT_KEY)
     if filters.q is not None:
-        # The ticket-side hits carry the other filters too, so the cap on hits applies after them.
-        where.append(search.matches(tickets, ticket_conditions=list(where), public_comments_only=own_only))
+        # The hits carry the other conditions too, so the cap on hits applies after them. Beyond
+        # the tenant and the deleted flag, the caller sees only some of the tenant's tickets.
+        narrowed = len(where) > 2 or filters.deleted
+        where.append(
+            search.matches(
+                tickets, ticket_conditions=list(where), public_comments_only=own_only, narrowed=narrowed
+            )
+        )
     return where
 
 

@@ -106,7 +106,11 @@ def _tsquery() -> ColumnElement:
 
 
 def matches(
-    tickets: Table, *, ticket_conditions: list[ColumnElement], public_comments_only: bool
+    tickets: Table,
+    *,
+    ticket_conditions: list[ColumnElement],
+    public_comments_only: bool,
+    narrowed: bool,
 ) -> ColumnElement:
     """Tickets whose subject, description or a comment matches the query.
 
@@ -122,18 +126,18 @@ def matches(
         .order_by(tickets.c.created_at.desc(), tickets.c.id.desc())
         .limit(MAX_HITS)
     )
-    # A comment counts only if its ticket passes the same conditions (the caller's own tickets,
-    # the filters): else other tickets' comments, even ones the caller cannot see, could fill
-    # the cap and hide the caller's matches.
-    comment_hits = (
-        select(comments.c.ticket_id)
-        .select_from(comments.join(tickets, tickets.c.id == comments.c.ticket_id))
-        .where(
-            *ticket_conditions,
-            comments.c.tenant_id == bindparam("tenant_id"),
-            comments.c.search_vector.op("@@")(_tsquery()),
-        )
+    comment_hits = select(comments.c.ticket_id).where(
+        comments.c.tenant_id == bindparam("tenant_id"), comments.c.search_vector.op("@@")(_tsquery())
     )
+    if narrowed:
+        # The caller sees only some tickets (its own, or filtered): a comment counts only if its
+        # ticket passes the same conditions, else other tickets' comments (even ones the caller
+        # cannot see) could fill the cap and hide the caller's matches. Unnarrowed, the join
+        # would only cost: every ticket of the tenant qualifies (1M tickets: q=엘리베이터 p99
+        # 710 ms with the join, against ~200 ms without).
+        comment_hits = comment_hits.join(tickets, tickets.c.id == comments.c.ticket_id).where(
+            *ticket_conditions
+        )
     if public_comments_only:
         comment_hits = comment_hits.where(comments.c.visibility == "public")
     comment_hits = comment_hits.order_by(comments.c.created_at.desc()).limit(MAX_HITS)
