@@ -96,6 +96,18 @@ def handler_key(subject: str) -> str:
     return ".".join(subject.split(".")[2:])
 
 
+async def record_in_inbox(inbox: Table, session: AsyncSession, events: list[tuple[str, CloudEvent]]) -> set:
+    """Insert the (subject, event) ids into the inbox in the caller's transaction; returns those
+    not seen before (the others are redeliveries, already handled)."""
+    inserted = await session.scalars(
+        pg_insert(inbox)
+        .values([{"event_id": event.id, "subject": subject} for subject, event in events])
+        .on_conflict_do_nothing()
+        .returning(inbox.c.event_id)
+    )
+    return set(inserted)
+
+
 async def run_handlers(
     subscription: Subscription, session: AsyncSession, events: list[tuple[str, CloudEvent]]
 ) -> None:
@@ -233,14 +245,7 @@ class ConsumerRunner:
             return None
 
     async def _record_in_inbox(self, session: AsyncSession, events: list[tuple[Msg, CloudEvent]]) -> set:
-        """Insert the event ids; returns those not seen before (the others are redeliveries)."""
-        inserted = await session.scalars(
-            pg_insert(self.inbox)
-            .values([{"event_id": event.id, "subject": msg.subject} for msg, event in events])
-            .on_conflict_do_nothing()
-            .returning(self.inbox.c.event_id)
-        )
-        return set(inserted)
+        return await record_in_inbox(self.inbox, session, [(msg.subject, event) for msg, event in events])
 
     async def _run_handlers(self, session: AsyncSession, events: list[tuple[Msg, CloudEvent]]) -> None:
         await run_handlers(self.subscription, session, [(msg.subject, event) for msg, event in events])

@@ -12,11 +12,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import Table, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity, require_roles
-from libs.common.consumer import Subscription, handler_key, run_handlers
+from libs.common.consumer import Subscription, handler_key, record_in_inbox, run_handlers
 from libs.common.db import SessionDep
 from libs.common.errors import ProblemError, problem_response
 from libs.common.events import CloudEvent
@@ -107,14 +106,9 @@ def dead_letters_router(
         event = CloudEvent.model_validate(row["payload"])
         try:
             async with session.begin_nested():
-                fresh = await session.scalar(
-                    pg_insert(inbox)
-                    .values(event_id=event.id, subject=row["subject"])
-                    .on_conflict_do_nothing()
-                    .returning(inbox.c.event_id)
-                )
-                if fresh is not None:  # else handled since (it is not applied twice)
+                if await record_in_inbox(inbox, session, [(row["subject"], event)]):
                     await run_handlers(subscription, session, [(row["subject"], event)])
+                # else: handled since (re-published and consumed), so not applied twice
         except Exception as exc:
             error = repr(exc)
             await session.execute(
