@@ -62,6 +62,17 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
+def invalid_field(detail: str, field: str) -> ProblemError:
+    """A 422 problem naming one offending field, shaped like the request-validation ones."""
+    return ProblemError(
+        422,
+        "Unprocessable Content",
+        detail,
+        type_=PROBLEM_BASE + "validation",
+        errors=[{"field": field, "message": detail}],
+    )
+
+
 _TITLES = {
     400: "Bad Request",
     401: "Unauthorized",

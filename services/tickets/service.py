@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity
-from libs.common.errors import ProblemError
+from libs.common.errors import ProblemError, invalid_field
 from libs.common.events import build_event
 from libs.common.ids import new_id
 from libs.common.outbox import record_event
@@ -109,16 +109,6 @@ def _merged(ticket: dict[str, Any]) -> ProblemError:
     )
 
 
-def _invalid(detail: str, field: str) -> ProblemError:
-    return ProblemError(
-        422,
-        "Unprocessable Content",
-        detail,
-        type_="https://helpdesk.dev/problems/validation",
-        errors=[{"field": field, "message": detail}],
-    )
-
-
 def _visible(ticket: dict[str, Any] | None, identity: Identity, *, include_deleted: bool = False) -> bool:
     if ticket is None:
         return False
@@ -145,7 +135,7 @@ async def update_status(session: AsyncSession, tenant_id: str, key: str, data: S
     changes = data.model_dump(exclude_unset=True)
     if current.builtin:
         if "position" in changes:
-            raise _invalid(f"built-in status {key!r} keeps its place, first in its category", "position")
+            raise invalid_field(f"built-in status {key!r} keeps its place, first in its category", "position")
         values = {"key": key, "name": changes["name"], "category": current.category.value, "position": 0}
         await repository.name_builtin_status(session, tenant_id, values)
     else:
@@ -162,7 +152,7 @@ async def _check_category(session: AsyncSession, tenant_id: str, category: str |
 
 async def _unknown_category(session: AsyncSession, tenant_id: str, category: str | None) -> NoReturn:
     defined = sorted(row["key"] for row in await repository.list_categories(session, tenant_id))
-    raise _invalid(f"unknown category {category!r}; defined: {defined}", "category")
+    raise invalid_field(f"unknown category {category!r}; defined: {defined}", "category")
 
 
 async def _check_parent(
@@ -171,7 +161,7 @@ async def _check_parent(
     if parent_id is None:
         return
     if ticket_id is not None and str(parent_id) == ticket_id:
-        raise _invalid("a ticket cannot be its own parent", "parent_id")
+        raise invalid_field("a ticket cannot be its own parent", "parent_id")
     if ticket_id is not None:
         # Re-linking an existing ticket: one at a time per tenant, so two concurrent changes
         # (X under Y, Y under X) cannot each pass the walk below and form a cycle together.
@@ -182,9 +172,9 @@ async def _check_parent(
         parent = await repository.get_ticket(session, tenant_id, current)
         # The new parent must be a live ticket; an ancestor further up may be deleted.
         if parent is None or (current == str(parent_id) and parent["deleted_at"] is not None):
-            raise _invalid(f"parent ticket {parent_id} not found", "parent_id")
+            raise invalid_field(f"parent ticket {parent_id} not found", "parent_id")
         if current in seen:
-            raise _invalid("parent links may not form a cycle", "parent_id")
+            raise invalid_field("parent links may not form a cycle", "parent_id")
         seen.add(current)
         current = parent["parent_id"]
 
@@ -334,7 +324,7 @@ async def _apply_changes(
         if new_status is None or (
             not new_status.builtin and not await repository.lock_status(session, tenant, new_status.key)
         ):
-            raise _invalid(f"unknown status {changes['status']!r}", "status")
+            raise invalid_field(f"unknown status {changes['status']!r}", "status")
         current_category = StatusCategory(ticket["status_category"])
         if not workflow.can_move(ticket["status"], new_status.key, current_category):
             allowed = workflow.allowed_next(ticket["status"], current_category)
@@ -508,7 +498,7 @@ async def bulk_update(session: AsyncSession, identity: Identity, data: BulkUpdat
             if len(requested["tags"]) > MAX_TAGS:  # add_tags would otherwise grow a ticket without bound
                 count = len(requested["tags"])
                 detail = f"ticket #{ticket['number']} would get {count} tags (at most {MAX_TAGS})"
-                raise _invalid(detail, "tags")
+                raise invalid_field(detail, "tags")
         results.append(await _apply_changes(session, identity, ticket, requested, workflow, now))
     return results
 
@@ -623,7 +613,7 @@ async def add_comment(
         raise _merged(ticket)
     body = html_to_text(data.body) if data.content_type == "text/html" else data.body
     if not body.strip():
-        raise _invalid("the comment is empty (after removing HTML)", "body")
+        raise invalid_field("the comment is empty (after removing HTML)", "body")
     now = datetime.now(UTC)
     comment = await repository.insert_comment(
         session,
@@ -712,7 +702,7 @@ async def merge_ticket(
     if not is_staff(identity):
         raise _forbidden("only agents and admins merge tickets")
     if ticket_id == into_id:
-        raise _invalid("a ticket cannot be merged into itself", "into_ticket_id")
+        raise invalid_field("a ticket cannot be merged into itself", "into_ticket_id")
     rows = {
         row["id"]: row
         for row in await repository.lock_tickets(session, identity.tenant, [ticket_id, into_id])
@@ -721,7 +711,7 @@ async def merge_ticket(
     if not _visible(source, identity):
         raise _not_found(ticket_id)
     if not _visible(target, identity):
-        raise _invalid(f"target ticket {into_id} not found", "into_ticket_id")
+        raise invalid_field(f"target ticket {into_id} not found", "into_ticket_id")
     for ticket in (source, target):
         if ticket["merged_into_id"] is not None:
             raise ProblemError(

@@ -11,6 +11,7 @@ from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
 from tests.tickets.helpers import (
     TICKETS,
     add_comment,
+    assert_problem,
     create_ticket,
     minutes_after_creation,
     outbox_types,
@@ -209,6 +210,33 @@ async def test_bad_calendar_is_a_422_problem_naming_the_field(tickets, infra, bo
     assert field in problem["detail"]
     assert any(e["field"].startswith(field) and fragment in e["message"] for e in problem["errors"]), problem
     assert (await tickets.get(CALENDAR, headers=admin(infra, tenant))).json()["time_zone"] == "UTC"
+
+
+async def test_targets_the_business_hours_cannot_supply_within_twenty_years_are_refused(tickets, infra):
+    tenant = unique_tenant()
+    boss = admin(infra, tenant)
+    weekdays = {
+        "time_zone": "Asia/Seoul",
+        "business_hours": {day: [["09:00", "18:00"]] for day in ("mon", "tue", "wed", "thu", "fri")},
+    }
+    assert (await tickets.put(CALENDAR, json=weekdays, headers=boss)).status_code == 200
+    a_year = {"first_response_minutes": 60, "resolution_minutes": 525_600, "business_hours_only": True}
+    assert (await tickets.put(f"{POLICIES}/low", json=a_year, headers=boss)).status_code == 200  # ~4 years
+
+    # An hour a week would make that target 168 years: every ticket would get no deadline.
+    sparse = {"time_zone": "Asia/Seoul", "business_hours": {"mon": [["09:00", "10:00"]]}}
+    refused = await tickets.put(CALENDAR, json=sparse, headers=boss)
+    assert_problem(refused, 422, fields=("business_hours",), detail="low policy")
+    assert (await tickets.get(CALENDAR, headers=boss)).json()["business_hours"]["tue"] == [["09:00", "18:00"]]
+
+    assert (await tickets.delete(f"{POLICIES}/low", headers=boss)).status_code == 204
+    assert (await tickets.put(CALENDAR, json=sparse, headers=boss)).status_code == 200
+    too_long = await tickets.put(f"{POLICIES}/low", json=a_year, headers=boss)
+    assert_problem(too_long, 422, fields=("resolution_minutes",), detail="20 years")
+    two_years = {**a_year, "resolution_minutes": 6000}
+    assert (await tickets.put(f"{POLICIES}/low", json=two_years, headers=boss)).status_code == 200
+    round_the_clock = {**a_year, "business_hours_only": False}
+    assert (await tickets.put(f"{POLICIES}/high", json=round_the_clock, headers=boss)).status_code == 200
 
 
 async def test_ticket_api_applies_policies_pauses_and_resumes(tickets, infra):

@@ -15,13 +15,14 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity
-from libs.common.errors import ProblemError
+from libs.common.errors import ProblemError, invalid_field
 from libs.common.events import build_event
 from libs.common.outbox import record_event
 from services.tickets.events import SERVICE, TicketSlaBreached, snapshot
 from services.tickets.models import outbox
 from services.tickets.sla import repository
 from services.tickets.sla.calendar import (
+    MAX_HORIZON_DAYS,
     ROUND_THE_CLOCK,
     BusinessCalendar,
     CalendarError,
@@ -217,13 +218,32 @@ async def list_policies(session: AsyncSession, tenant_id: str) -> list[dict[str,
     return await repository.list_policies(session, tenant_id)
 
 
+def _check_reachable(policy: dict[str, Any], settings: dict[str, Any] | None, field: str) -> None:
+    """A 422 naming `field` if the calendar cannot supply the policy's resolution target within
+    MAX_HORIZON_DAYS (say an hour a week and a year of minutes): every ticket would get no
+    deadline, after walking twenty years of calendar."""
+    calendar = business_calendar(policy, settings)
+    if calendar is None:
+        return
+    try:
+        add_business_minutes(datetime.now(UTC), policy["resolution_minutes"], calendar)
+    except CalendarError:
+        raise invalid_field(
+            f"the {policy.get('priority', 'new')} policy's {policy['resolution_minutes']} business minutes"
+            f" take more than {MAX_HORIZON_DAYS // 366} years of these business hours",
+            field,
+        ) from None
+
+
 async def put_policy(
     session: AsyncSession, tenant_id: str, priority: str, data: SlaPolicyWrite
 ) -> dict[str, Any]:
     """Create or replace the policy of one priority (for tickets created or re-prioritised later,
     and open ones the caller retargets)."""
+    values = data.model_dump()
+    _check_reachable(values, await repository.get_calendar(session, tenant_id), "resolution_minutes")
     _forget_policies(session)
-    return await repository.upsert_policy(session, tenant_id, priority, data.model_dump())
+    return await repository.upsert_policy(session, tenant_id, priority, values)
 
 
 async def delete_policy(session: AsyncSession, tenant_id: str, priority: str) -> None:
@@ -237,6 +257,9 @@ async def get_calendar(session: AsyncSession, tenant_id: str) -> dict[str, Any]:
 
 
 async def put_calendar(session: AsyncSession, tenant_id: str, data: CalendarWrite) -> dict[str, Any]:
+    settings = {"time_zone": data.time_zone, "business_hours": data.business_hours, "holidays": data.holidays}
+    for policy in await repository.list_policies(session, tenant_id):
+        _check_reachable(policy, settings, "business_hours")
     _forget_policies(session)
     return await repository.upsert_calendar(
         session, tenant_id, data.time_zone, data.business_hours, data.holidays
