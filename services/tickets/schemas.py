@@ -111,6 +111,13 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _reject_null(value: Any) -> Any:
+    """For optional fields where leaving out means "unchanged" and null would mean nothing."""
+    if value is None:
+        raise ValueError("cannot be null")
+    return value
+
+
 class TicketCreate(_Request):
     subject: Subject
     description: Description = ""
@@ -165,12 +172,9 @@ class TicketUpdate(_Request):
     watchers: Watchers | None = None
     parent_id: UUID | None = None
 
-    @field_validator("subject", "status", "priority", "tags", "custom_fields", "watchers", "description")
-    @classmethod
-    def _not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("cannot be null")
-        return value
+    _not_null = field_validator(
+        "subject", "status", "priority", "tags", "custom_fields", "watchers", "description"
+    )(_reject_null)
 
 
 # What a requester may change on their own ticket.
@@ -181,10 +185,12 @@ class BulkUpdate(_Request):
     ids: Annotated[list[UUID], Field(min_length=1, max_length=BULK_MAX_IDS)]
     status: Key | None = None
     priority: Priority | None = None
-    assignee_id: UserId | None = None
+    assignee_id: UserId | None = None  # null unassigns
     tags: Tags | None = None
     add_tags: Tags | None = None
     remove_tags: Tags | None = None
+
+    _not_null = field_validator("status", "priority", "tags", "add_tags", "remove_tags")(_reject_null)
 
 
 class CommentCreate(_Request):

@@ -704,6 +704,8 @@ async def test_invalid_json_is_a_4xx(tickets, infra, desk, raw, method, route, b
         ({"ids": [SOME_ID], "status": "Bad Key"}, "status"),
         ({"ids": [SOME_ID], "add_tags": [f"t{i}" for i in range(51)]}, "add_tags"),
         ({"ids": [SOME_ID], "tenant_id": "evil"}, "tenant_id"),
+        ({"ids": [SOME_ID], "status": None}, "status"),
+        ({"ids": [SOME_ID], "tags": None}, "tags"),
     ],
     ids=[
         "501-ids",
@@ -716,6 +718,8 @@ async def test_invalid_json_is_a_4xx(tickets, infra, desk, raw, method, route, b
         "status-key",
         "51-tags",
         "tenant_id",
+        "null-status",
+        "null-tags",
     ],
 )
 async def test_bulk_body_errors_are_422(tickets, infra, desk, body, field):
