@@ -17,7 +17,7 @@ from libs.common.auth import TokenVerifier
 from libs.common.db import create_engine, create_session_factory, finish_read_only_transactions
 from libs.common.errors import install_problem_handlers
 from libs.common.health import health_router
-from libs.common.http import RequestIdMiddleware
+from libs.common.http import HeadAsGetMiddleware, RequestIdMiddleware
 from libs.common.logging import configure_logging
 from libs.common.metrics import MetricsMiddleware, metrics_router
 from libs.common.responses import FASTAPI_TELEMETRY_OFF
@@ -107,6 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=CORS_EXPOSED_HEADERS,
             max_age=600,
         )
+    # HEAD wherever GET is served: the gateway's own routes; proxied requests ask for a GET
+    # upstream and send its headers only.
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(MetricsMiddleware, service=settings.service_name)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -17,6 +17,16 @@ async def test_health_and_readiness_check_only_the_database(gateway: Gateway) ->
     assert ready.json()["checks"] == {"database": True}
 
 
+async def test_head_is_answered_wherever_get_is(gateway: Gateway, infra: Infra) -> None:
+    for path, headers in [("/healthz", {}), ("/api/v1/tickets/1", auth_headers(infra, "acme", ["agent"]))]:
+        got, head = (
+            await gateway.client.get(path, headers=headers),
+            await gateway.client.head(path, headers=headers),
+        )
+        assert head.status_code == got.status_code == 200
+        assert head.content == b"" and head.headers["content-length"] == got.headers["content-length"]
+
+
 async def test_metrics_are_exposed(gateway: Gateway, infra: Infra) -> None:
     await gateway.client.get("/api/v1/tickets/1", headers=auth_headers(infra, "acme", ["agent"]))
     response = await gateway.client.get("/metrics")
