@@ -19,6 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.errors import ProblemError
 
+# On a response replayed for a repeated key (the Stripe convention).
+REPLAYED_HEADERS = {"Idempotent-Replayed": "true"}
+
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(

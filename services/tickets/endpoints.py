@@ -17,6 +17,7 @@ from libs.common.auth import Identity, IdentityDep, require_roles
 from libs.common.db import TenantSessionDep
 from libs.common.errors import ProblemError
 from libs.common.idempotency import (
+    REPLAYED_HEADERS,
     IdempotencyKeyHeader,
     StoredResponse,
     claim_key,
@@ -184,13 +185,10 @@ async def create_ticket(
     fingerprint = ("POST /api/v1/tickets", data)
     if stored := await _replayed(session, identity, idempotency_key, fingerprint):
         location = f"/api/v1/tickets/{stored.body['id']}"
-        return _ticket_response(stored.body, stored.status_code, Location=location, **REPLAYED)
+        return _ticket_response(stored.body, stored.status_code, Location=location, **REPLAYED_HEADERS)
     ticket = await service.create_ticket(session, identity, data)
     await _store_for_replay(session, identity, idempotency_key, ticket)
     return _ticket_response(ticket, 201, Location=f"/api/v1/tickets/{ticket['id']}")
-
-
-REPLAYED = {"Idempotent-Replayed": "true"}
 
 
 async def _replayed(
@@ -308,7 +306,7 @@ async def add_comment(
     """Reply publicly or add an internal note (agents). HTML is reduced to plain text. With
     `Idempotency-Key`, a retry with the same body replays the first response."""
     if stored := await _replayed(session, identity, idempotency_key, (f"POST comment {ticket_id}", data)):
-        return FastJSONResponse(stored.body, status_code=stored.status_code, headers=REPLAYED)
+        return FastJSONResponse(stored.body, status_code=stored.status_code, headers=REPLAYED_HEADERS)
     comment = await service.add_comment(session, identity, ticket_id, data)
     await _store_for_replay(session, identity, idempotency_key, comment)
     return FastJSONResponse(comment, status_code=201)

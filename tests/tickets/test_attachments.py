@@ -144,6 +144,24 @@ async def test_upload_then_download_binary_file_with_korean_name(client, infra, 
     assert (blob_dir / row["storage_key"]).read_bytes() == content
 
 
+async def test_idempotency_key_keeps_one_upload_of_a_retried_file(client, infra, admin_db, blob_dir):
+    tenant = unique_tenant()
+    ticket_id = await create_ticket(admin_db, tenant)
+    retry = auth_headers(infra, tenant, ["agent"]) | {"Idempotency-Key": "upload-1"}
+    first = await upload(client, ticket_id, retry, b"%PDF-1.7 invoice")
+    again = await upload(client, ticket_id, retry, b"%PDF-1.7 invoice")
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert again.headers["location"] == first.headers["location"]
+    assert len(await attachment_rows(admin_db, tenant)) == 1
+    assert len(stored_files(blob_dir, tenant)) == 1  # the retry's copy was removed
+    # The key names one request: other bytes (or another name) are refused, and leave nothing.
+    other = await upload(client, ticket_id, retry, b"%PDF-1.7 another invoice")
+    assert other.status_code == 422 and other.json()["type"].endswith("idempotency-key-reused")
+    assert len(await attachment_rows(admin_db, tenant)) == 1
+    assert len(stored_files(blob_dir, tenant)) == 1
+
+
 async def test_list_shows_attachments_in_upload_order_and_pages(client, infra, admin_db):
     tenant = unique_tenant()
     ticket_id = await create_ticket(admin_db, tenant, "alice")

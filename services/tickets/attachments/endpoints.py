@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from libs.common.auth import IdentityDep
 from libs.common.db import TenantSessionDep, transaction
 from libs.common.errors import ProblemError
+from libs.common.idempotency import REPLAYED_HEADERS, IdempotencyKeyHeader
 from libs.common.pagination import CursorQuery, LimitQuery, Page, decode_time_cursor, time_page
 from libs.common.responses import FastJSONResponse
 from services.tickets.attachments import service
@@ -107,12 +108,14 @@ async def upload_attachment(
     request: Request,
     identity: IdentityDep,
     store: BlobStoreDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> FastJSONResponse:
     """Attach a file to a ticket: multipart/form-data with a `file` part and an optional `comment_id`.
 
     The file streams to storage while its size and SHA-256 are counted. Larger than the limit is a
     413 problem, a type not on the allow-list a 415 problem, an empty file a 422; a failed upload
-    leaves nothing stored.
+    leaves nothing stored. With `Idempotency-Key`, a retry of the same file replays the first
+    response (and keeps one copy).
     """
     limits = _limits(request)
     boundary = multipart_boundary(request.headers.get("content-type"))
@@ -139,11 +142,18 @@ async def upload_attachment(
             type_="https://helpdesk.dev/problems/validation",
             errors=[{"field": "file", "message": "a file is required", "type": "missing"}],
         )
-    attachment = await service.add_attachment(
-        lambda: transaction(request.app, identity.tenant), identity, store, limits, ticket_id, upload
+    attachment, replayed = await service.add_attachment(
+        lambda: transaction(request.app, identity.tenant),
+        identity,
+        store,
+        limits,
+        ticket_id,
+        upload,
+        idempotency_key,
     )
+    headers = {"Location": _location(ticket_id, attachment["id"])}
     return FastJSONResponse(
-        attachment, status_code=201, headers={"Location": _location(ticket_id, attachment["id"])}
+        attachment, status_code=201, headers=(headers | REPLAYED_HEADERS) if replayed else headers
     )
 
 

@@ -22,9 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity
 from libs.common.errors import ProblemError
+from libs.common.idempotency import claim_key, request_fingerprint, store_response
 from libs.common.ids import new_id
+from libs.common.responses import jsonable
 from services.tickets.attachments import repository
 from services.tickets.attachments.blobstore import BlobNotFoundError, BlobStore, BlobStoreError
+from services.tickets.models import idempotency_keys
 from services.tickets.service import is_staff, own_requester_id
 
 log = structlog.get_logger()
@@ -183,11 +186,15 @@ async def add_attachment(
     limits: AttachmentLimits,
     ticket_id: UUID,
     upload: Upload,
-) -> dict[str, Any]:
-    """Store the file, then its metadata row; on any failure neither stays.
+    idempotency_key: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Store the file, then its metadata row; on any failure neither stays. Returns the row and
+    whether it is the replay of an earlier upload with the same `idempotency_key`.
 
     No database connection is held while the file streams (a slow client would otherwise pin
     one for minutes): `transaction()` opens a short tenant transaction for the row at the end.
+    The key is claimed there too, with the file's SHA-256 in the request's fingerprint (only
+    known once the bytes arrived): a retry's copy of the file is then removed again.
     """
     filename = sanitize_filename(upload.filename)
     content_type, essence = normalize_content_type(upload.content_type, filename)
@@ -207,6 +214,7 @@ async def add_attachment(
         stored = await store.put(storage_key, _within_limit(upload.chunks(), limits.max_bytes))
     except BlobStoreError as exc:
         raise _store_unavailable(exc) from exc
+    replayed: dict[str, Any] | None = None
     try:
         fields = await upload.rest_of_form()
         comment_id = _parse_comment_id(fields.get("comment_id"))
@@ -215,24 +223,43 @@ async def add_attachment(
             await require_visible_ticket(session, identity, ticket_id)
             if comment_id is not None:
                 await _check_comment(session, identity, ticket_id, comment_id)
-            return await repository.insert_attachment(
-                session,
-                {
-                    "id": attachment_id,
-                    "tenant_id": identity.tenant,
-                    "ticket_id": ticket_id,
+            if idempotency_key:
+                request = {
+                    "file": [filename, content_type, stored.size, stored.sha256],
                     "comment_id": comment_id,
-                    "filename": filename,
-                    "content_type": content_type,
-                    "size_bytes": stored.size,
-                    "sha256": stored.sha256,
-                    "storage_key": storage_key,
-                    "uploaded_by": identity.user_id,
-                },
-            )
+                }
+                fingerprint = request_fingerprint(f"POST attachment {ticket_id}", identity.user_id, request)
+                earlier = await claim_key(
+                    session, idempotency_keys, identity.tenant, idempotency_key, fingerprint
+                )
+                if earlier is not None:
+                    replayed = earlier.body
+            if replayed is None:
+                attachment = await repository.insert_attachment(
+                    session,
+                    {
+                        "id": attachment_id,
+                        "tenant_id": identity.tenant,
+                        "ticket_id": ticket_id,
+                        "comment_id": comment_id,
+                        "filename": filename,
+                        "content_type": content_type,
+                        "size_bytes": stored.size,
+                        "sha256": stored.sha256,
+                        "storage_key": storage_key,
+                        "uploaded_by": identity.user_id,
+                    },
+                )
+                if idempotency_key:
+                    await store_response(
+                        session, idempotency_keys, identity.tenant, idempotency_key, 201, jsonable(attachment)
+                    )
+                return attachment, False
     except BaseException:
         await _delete_quietly(store, storage_key)
         raise
+    await _delete_quietly(store, storage_key)  # the earlier upload's copy is the one kept
+    return replayed, True
 
 
 async def list_attachments(
