@@ -305,7 +305,9 @@ class ConsumerRunner:
                     )
                     lag_reporter = asyncio.create_task(self._report_lag(subscription, stop))
                 try:
-                    messages = await subscription.fetch(self.settings.consumer_batch_size, timeout=1.0)
+                    messages = await subscription.fetch(
+                        self.settings.consumer_batch_size, timeout=self.settings.consumer_fetch_timeout_s
+                    )
                 except (TimeoutError, NatsTimeoutError):
                     continue
                 await self.handle_batch(messages)

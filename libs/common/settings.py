@@ -66,6 +66,11 @@ class CommonSettings(BaseSettings):
     # After a wake-up the relay waits this long so commits landing together go in one batch.
     outbox_linger_s: float = Field(default=0.05, ge=0, le=1)
     consumer_batch_size: int = Field(default=50, ge=1, le=1000)
+    # How long one pull waits for events when there are none. Shutdown waits for the pull in
+    # hand (cancelling it could leave events delivered to a closed subscription, redelivered
+    # only after the ack wait), so this bounds how long a stop takes; idle, each consumer asks
+    # about twice per period, which costs the broker next to nothing.
+    consumer_fetch_timeout_s: float = Field(default=0.25, gt=0, le=30)
     # After a partial batch the consumer waits this long, so under load events are handled
     # (and committed) many at a time instead of one transaction each.
     consumer_linger_s: float = Field(default=0.2, ge=0, le=5)
