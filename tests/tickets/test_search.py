@@ -210,6 +210,7 @@ def test_query_terms_become_words_a_last_prefix_and_korean_phrases():
     assert tsquery_text("엘리베이터 소음") == "('엘리' <-> '리베' <-> '베이' <-> '이터') & ('소음')"
     assert tsquery_text("엘리베이터") == "('엘리베이터':* | '엘리' <-> '리베' <-> '베이' <-> '이터')"
     assert tsquery_text("3층 누수") == "('3층':*) & ('누수')"  # "3층에서" is one word
+    assert tsquery_text("KIM@acme.co.kr badge") == "('kim@acme.co.kr') & ('badge':*)"
     assert tsquery_text("%_'") is None
 
 
@@ -219,6 +220,20 @@ async def test_a_floor_number_matches_with_the_particle_that_follows_it(tickets,
     await create_ticket(tickets, agent, subject="13층 복도 조명", description="30층 아님")
     found = (await tickets.get(TICKETS, params={"q": "3층"}, headers=agent)).json()["items"]
     assert [ticket["id"] for ticket in found] == [stuck["id"]]
+
+
+async def test_an_email_address_or_host_name_is_searched_as_one_word(tickets, infra):
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    badge = await create_ticket(
+        tickets,
+        agent,
+        subject="Badge for kim@acme.co.kr does not open the lobby",
+        description="Steps on https://portal.acme.co.kr/help; node.js service logs attached",
+    )
+    await create_ticket(tickets, agent, subject="Badge for lee@acme.co.kr", description="acme portal")
+    for q in ["kim@acme.co.kr", "KIM@ACME.CO.KR lobby", "portal.acme.co.kr", "node.js"]:
+        found = (await tickets.get(TICKETS, params={"q": q}, headers=agent)).json()["items"]
+        assert [ticket["id"] for ticket in found] == [badge["id"]], q
 
 
 async def test_korean_terms_match_inside_longer_words_and_english_prefixes(tickets, corpus):
