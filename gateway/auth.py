@@ -52,7 +52,10 @@ def invalid_credentials() -> JSONResponse:
 async def issue_access_token(
     request: Request,
     session: SessionDep,
-    username: Annotated[str, Form(max_length=identity.MAX_EMAIL_CHARS, description="The user's email")],
+    username: Annotated[
+        # No NUL: PostgreSQL text cannot hold it, so the lookup would fail in the driver.
+        str, Form(max_length=identity.MAX_EMAIL_CHARS, pattern=r"^[^\x00]*$", description="The user's email")
+    ],
     password: Annotated[str, Form(max_length=identity.MAX_PASSWORD_CHARS)],
     grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
 ) -> JSONResponse:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import structlog
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import Table, select, update
@@ -30,6 +30,10 @@ from libs.common.pagination import (
 )
 
 log = structlog.get_logger()
+
+
+# Ids are positive bigints: anything else names no dead letter (and would fail in the driver).
+DeadLetterId = Annotated[int, Path(ge=1, lt=2**63)]
 
 
 class DeadLetterRead(BaseModel):
@@ -88,7 +92,7 @@ def dead_letters_router(
     )
     async def replay_dead_letter(
         request: Request,
-        dead_letter_id: int,
+        dead_letter_id: DeadLetterId,
         session: SessionDep,
         identity: Identity = require_roles("admin"),
     ) -> dict[str, Any] | JSONResponse:

@@ -23,7 +23,8 @@ async def count_created_tickets(session: AsyncSession, created: list[tuple[str, 
 
 async def overview(session: AsyncSession, tenant_id: str, first: date | None, last: date | None) -> Overview:
     last = last or datetime.now(UTC).date()
-    first = first or last - timedelta(days=DEFAULT_RANGE_DAYS - 1)
+    # Clamped: the calendar starts at 0001-01-01 (to=0001-01-15 would step before it).
+    first = first or last - timedelta(days=min(DEFAULT_RANGE_DAYS - 1, (last - date.min).days))
     if first > last:
         raise ProblemError(400, "Bad Request", "'from' must not be after 'to'")
     if (last - first).days >= MAX_RANGE_DAYS:

@@ -79,6 +79,15 @@ async def test_bad_ranges_are_problems(clients, infra, params, status):
     assert response.headers["content-type"] == "application/problem+json"
 
 
+async def test_the_default_range_starts_no_earlier_than_the_calendar(clients, infra):
+    _, analytics = clients
+    headers = auth_headers(infra, unique_tenant(), ["agent"])
+    response = await analytics.get("/api/v1/analytics/overview", params={"to": "0001-01-15"}, headers=headers)
+    assert response.status_code == 200, response.text
+    days = response.json()["by_day"]
+    assert (days[0]["date"], days[-1]["date"], len(days)) == ("0001-01-01", "0001-01-15", 15)
+
+
 async def test_requesters_cannot_see_dashboards(clients, infra):
     _, analytics = clients
     response = await analytics.get(

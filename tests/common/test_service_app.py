@@ -259,8 +259,17 @@ async def test_dead_letters_endpoint_is_admin_only(infra):
         admin = await client.get(
             "/api/v1/analytics/dead-letters", headers=auth_headers(infra, "x", ["admin"])
         )
+        replays = [
+            await client.post(
+                f"/api/v1/analytics/dead-letters/{dead_letter_id}/replay",
+                headers=auth_headers(infra, "x", ["admin"]),
+            )
+            for dead_letter_id in ("1", str(2**63), "99999999999999999999", "0", "x")
+        ]
     assert agent.status_code == 403
     assert admin.status_code == 200 and admin.json() == {"items": [], "next_cursor": None}
+    # No such dead letter, or an id no dead letter can have: never a 500 from the driver.
+    assert [replay.status_code for replay in replays] == [404, 422, 422, 422, 422]
 
 
 async def test_a_request_past_its_deadline_is_abandoned_and_its_writes_rolled_back(client, infra):

@@ -104,6 +104,16 @@ async def test_token_request_without_form_fields_is_a_validation_problem(gateway
     assert any(error["field"] == "password" for error in response.json()["errors"])
 
 
+async def test_a_nul_in_the_username_is_a_validation_problem(gateway: Gateway, client_ip) -> None:
+    async with gateway.client_from(client_ip) as client:
+        response = await client.post(
+            "/api/v1/auth/token", data={"username": "a\x00b@x.test", "password": "x"}
+        )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert any(error["field"] == "username" for error in response.json()["errors"])
+
+
 async def test_me_requires_a_valid_token(gateway: Gateway, infra: Infra) -> None:
     missing = await gateway.client.get("/api/v1/auth/me")
     assert missing.status_code == 401

@@ -192,6 +192,7 @@ async def test_calendar_defaults_then_round_trips_normalised(tickets, infra):
     [
         ({"time_zone": "Mars/Olympus"}, "time_zone", "unknown IANA time zone"),
         ({"time_zone": "KST"}, "time_zone", "unknown IANA time zone"),
+        ({"time_zone": "localtime"}, "time_zone", "unknown IANA time zone"),  # the host's zone
         ({"business_hours": {"mon": [["09:00", "12:00"], ["11:00", "13:00"]]}}, "business_hours", "overlap"),
         ({"business_hours": {"tue": [["09:00", "25:00"]]}}, "business_hours", "business_hours.tue"),
         ({"business_hours": {"wed": [["18:00", "09:00"]]}}, "business_hours", "ends before it starts"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = date.weekday()
 MINUTES_PER_DAY = 24 * 60
@@ -29,10 +29,18 @@ class CalendarError(ValueError):
         self.message = message
 
 
+# The zone database's names, less the files that are not zones of a place: "localtime" (the
+# host's own zone), "posixrules", "Factory".
+_IANA_ZONES = frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
+
+
 def parse_time_zone(name: str) -> ZoneInfo:
     """An IANA zone by name ("Asia/Seoul"); anything else is a CalendarError."""
     if not isinstance(name, str) or not name or len(name) > 64:
         raise CalendarError("time_zone", "must be an IANA time zone name such as 'Asia/Seoul'")
+    # A deadline must not depend on the host the service runs on.
+    if name not in _IANA_ZONES:
+        raise CalendarError("time_zone", f"unknown IANA time zone {name!r}")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
