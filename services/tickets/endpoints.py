@@ -430,8 +430,14 @@ class TicketListQuery(BaseModel):
     created_to: datetime | None = None
     updated_from: datetime | None = None
     updated_to: datetime | None = None
-    overdue: bool = False
-    due_before: datetime | None = None
+    overdue: bool = Field(
+        False,
+        description="Only tickets past their resolution deadline (`due_at`) and still open, with the"
+        " SLA clock running (a ticket pending with a pausing policy is not overdue while it waits)",
+    )
+    due_before: datetime | None = Field(
+        None, description="Only tickets whose resolution deadline is before this"
+    )
     parent_id: UUID | None = None
     deleted: bool = Field(False, description="Only soft-deleted tickets (admins)")
     q: str | None = Field(
