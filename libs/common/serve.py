@@ -7,6 +7,7 @@ drain on SIGTERM/SIGINT that ends with exit status 0.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import shutil
@@ -15,8 +16,10 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
 
@@ -24,6 +27,59 @@ def _after_drain(signum: int, frame: object) -> None:
     # uvicorn re-raises the signal once it has drained; by then the work is done, so the
     # process exits normally (status 0) instead of "killed by SIGTERM".
     return None
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _HeadWithBody:
+    """The connection's transport as one response sees it: the status line and headers are held
+    back and leave in one write with the first body bytes.
+
+    uvicorn writes them separately, and over TCP_NODELAY each write is a segment of its own that
+    wakes the receiver: one more system call, wake-up and read on both sides of every response
+    (measured: the head's write alone was ~6 % of a worker's and ~14 % of the gateway's samples).
+    A HEAD response has no body write, so it is not wrapped; `100 Continue` is never held.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head: bytes | None = None
+        self._head_seen = False
+
+    def write(self, data: bytes) -> None:
+        if not self._head_seen and data != _CONTINUE:
+            self._head_seen = True
+            self._head = data
+            return
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.writelines((head, data))
+            return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head is not None:
+            self._transport.write(self._head)
+            self._head = None
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing each response's head together with its body."""
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.scope["method"] != "HEAD"
+            and not isinstance(cycle.transport, _HeadWithBody)
+        ):
+            cycle.transport = _HeadWithBody(cycle.transport)  # type: ignore[assignment]
 
 
 def bind_reuse_port(host: str, port: int, *, listen: bool = True) -> socket.socket:
@@ -94,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=HttpProtocol,
         access_log=False,
         timeout_graceful_shutdown=int(args.graceful_timeout),
         lifespan="on",

@@ -1,5 +1,5 @@
-"""`python -m libs.common.serve` with several workers: connections are spread over the workers, and
-/metrics reports all of them whichever one answers."""
+"""`python -m libs.common.serve`: with several workers, connections are spread over the workers and
+/metrics reports all of them whichever one answers; each response's head leaves with its body."""
 
 from __future__ import annotations
 
@@ -31,6 +31,33 @@ def pid_app():
         body = str(os.getpid()).encode()
         headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def paced_app():
+    """App factory: responses whose body comes 0.3 s after their head (`/`), a streamed body in two
+    chunks 0.3 s apart (`/stream`), and an echo of the request body (`POST /echo`)."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first", "more_body": True})
+            await asyncio.sleep(0.3)
+            await send({"type": "http.response.body", "body": b"second"})
+            return
+        body = b"paced"
+        if scope["method"] == "POST":
+            body, more = b"", True
+            while more:
+                message = await receive()
+                body, more = body + message.get("body", b""), message.get("more_body", False)
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await asyncio.sleep(0.3)
         await send({"type": "http.response.body", "body": body})
 
     return app
@@ -186,3 +213,55 @@ def test_metrics_of_every_worker_are_reported_by_whichever_answers():
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def paced_server():
+    port = free_port()
+    process = serve(port, workers=1, app="paced_app")
+    try:
+        wait_serving(process, port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def first_read(port: int, request: bytes) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    return await asyncio.wait_for(reader.read(65536), 5), reader, writer
+
+
+async def test_a_response_head_leaves_with_its_body(paced_server):
+    # uvicorn alone writes the head at once and the body 0.3 s later: two segments, two reads.
+    request = b"GET / HTTP/1.1\r\nhost: t\r\n\r\n"
+    data, reader, writer = await first_read(paced_server, request)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\npaced"), data
+    writer.write(request)  # the next response on the same keep-alive connection too
+    data = await asyncio.wait_for(reader.read(65536), 5)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\npaced"), data
+
+
+async def test_head_requests_100_continue_and_streams_are_not_held_back(paced_server):
+    # HEAD: no body follows, so the head must go out on its own.
+    data, _, writer = await first_read(paced_server, b"HEAD / HTTP/1.1\r\nhost: t\r\n\r\n")
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\n"), data
+
+    # Expect: 100-continue: the client sends its body only after the interim response.
+    request = b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n"
+    data, reader, writer = await first_read(paced_server, request)
+    assert data == b"HTTP/1.1 100 Continue\r\n\r\n", data
+    writer.write(b"ping")
+    data = await asyncio.wait_for(reader.read(65536), 5)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"ping"), data
+
+    # A streamed body: its first chunk comes with the head, the second when it is sent.
+    data, reader, writer = await first_read(paced_server, b"GET /stream HTTP/1.1\r\nhost: t\r\n\r\n")
+    assert b"transfer-encoding: chunked" in data and data.endswith(b"5\r\nfirst\r\n"), data
+    data = await asyncio.wait_for(reader.read(65536), 5)
+    writer.close()
+    assert data == b"6\r\nsecond\r\n0\r\n\r\n", data
