@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -123,16 +125,23 @@ def wait_serving(process: subprocess.Popen, port: int, timeout: float = 30.0) ->
     raise TimeoutError(f"nothing served on {port} after {timeout}s")
 
 
-@pytest.fixture
-def two_workers():
+@contextlib.contextmanager
+def serving(workers: int, app: str = "pid_app") -> Iterator[int]:
+    """The served app on a free port, until the block ends."""
     port = free_port()
-    process = serve(port, workers=2)
+    process = serve(port, workers, app)
     try:
         wait_serving(process, port)
         yield port
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def two_workers():
+    with serving(workers=2) as port:
+        yield port
 
 
 async def test_connections_opened_at_once_are_spread_over_the_workers(two_workers):
@@ -217,14 +226,8 @@ def test_metrics_of_every_worker_are_reported_by_whichever_answers():
 
 @pytest.fixture
 def paced_server():
-    port = free_port()
-    process = serve(port, workers=1, app="paced_app")
-    try:
-        wait_serving(process, port)
+    with serving(workers=1, app="paced_app") as port:
         yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 async def first_read(port: int, request: bytes) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
