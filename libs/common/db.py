@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import asyncpg
+import pydantic_core
 import structlog
 from fastapi import Depends, Request
 from sqlalchemy import MetaData
@@ -70,6 +71,9 @@ def create_engine(settings: CommonSettings, **overrides: Any) -> AsyncEngine:
         "max_overflow": settings.db_max_overflow,
         "pool_recycle": settings.db_pool_recycle_s,
         "pool_pre_ping": settings.db_pool_pre_ping,
+        # JSONB values are read with pydantic's parser: one call in Rust instead of json.loads'
+        # three Python frames (~2 us less per value; a 50-ticket page decodes 50 custom_fields).
+        "json_deserializer": pydantic_core.from_json,
         "connect_args": {
             "server_settings": {
                 "application_name": f"helpdesk-{settings.service_name}",
