@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -19,6 +20,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
@@ -80,6 +83,25 @@ class HttpProtocol(HttpToolsProtocol):
             and not isinstance(cycle.transport, _HeadWithBody)
         ):
             cycle.transport = _HeadWithBody(cycle.transport)  # type: ignore[assignment]
+
+
+class ServeSettings(BaseSettings):
+    """What the served process needs before its app exists."""
+
+    model_config = SettingsConfigDict(env_prefix="HELPDESK_", env_file=".env", extra="ignore")
+
+    # Peers whose X-Forwarded-For names the client (uvicorn then puts that address in the ASGI
+    # scope: the gateway's login throttling per address, the request log). Behind a load balancer
+    # or ingress, list its addresses; otherwise every client looks like the load balancer.
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry != "*":
+                ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
 
 
 def bind_reuse_port(host: str, port: int, *, listen: bool = True) -> socket.socket:
@@ -152,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         loop="uvloop",
         http=HttpProtocol,
         access_log=False,
+        forwarded_allow_ips=ServeSettings().trusted_proxies,
         timeout_graceful_shutdown=int(args.graceful_timeout),
         lifespan="on",
         workers=args.workers,

@@ -38,6 +38,20 @@ def pid_app():
     return app
 
 
+def client_app():
+    """App factory: answers every request with the client address the server saw."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = scope["client"][0].encode()
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
 def paced_app():
     """App factory: responses whose body comes 0.3 s after their head (`/`), a streamed body in two
     chunks 0.3 s apart (`/stream`), and an echo of the request body (`POST /echo`)."""
@@ -84,11 +98,18 @@ def metrics_app():
     return app
 
 
-def serve(port: int, workers: int, app: str = "pid_app") -> subprocess.Popen:
+def serve(
+    port: int, workers: int, app: str = "pid_app", env: dict[str, str] | None = None
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "libs.common.serve", f"tests.common.test_serve:{app}"]
     command += ["--port", str(port), "--workers", str(workers)]
     return subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -126,10 +147,10 @@ def wait_serving(process: subprocess.Popen, port: int, timeout: float = 30.0) ->
 
 
 @contextlib.contextmanager
-def serving(workers: int, app: str = "pid_app") -> Iterator[int]:
+def serving(workers: int, app: str = "pid_app", env: dict[str, str] | None = None) -> Iterator[int]:
     """The served app on a free port, until the block ends."""
     port = free_port()
-    process = serve(port, workers, app)
+    process = serve(port, workers, app, env)
     try:
         wait_serving(process, port)
         yield port
@@ -268,3 +289,27 @@ async def test_head_requests_100_continue_and_streams_are_not_held_back(paced_se
     data = await asyncio.wait_for(reader.read(65536), 5)
     writer.close()
     assert data == b"6\r\nsecond\r\n0\r\n\r\n", data
+
+
+@pytest.mark.parametrize(
+    ("trusted", "seen"),
+    [
+        (None, "203.0.113.7"),  # default: a proxy on this host (a sidecar) is trusted
+        ('["10.0.0.0/8"]', "127.0.0.1"),  # only the listed proxies: this peer is not one
+        ('["127.0.0.0/8"]', "203.0.113.7"),
+    ],
+)
+def test_the_client_address_comes_from_trusted_proxies_only(trusted, seen):
+    env = {"HELPDESK_TRUSTED_PROXIES": trusted} if trusted else {}
+    with serving(workers=1, app="client_app", env=env) as port:
+        forwarded = {"X-Forwarded-For": "203.0.113.7"}
+        answer = httpx.get(f"http://127.0.0.1:{port}/", headers=forwarded, timeout=10)
+    assert answer.text == seen
+
+
+def test_a_malformed_trusted_proxy_stops_the_start_naming_it():
+    env = {"HELPDESK_TRUSTED_PROXIES": '["10.0.0.0/33"]'}
+    process = serve(free_port(), workers=1, app="client_app", env=env)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode != 0
+    assert "10.0.0.0/33" in stderr
