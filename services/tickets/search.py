@@ -48,6 +48,11 @@ _HANGUL_WORD = re.compile(r"^[가-힣]{2,}$")
 _TOKEN = re.compile(r"[^\W_]+")
 _DIGITS = re.compile(r"\d+")
 _FLOOR_LIKE = re.compile(r"^\d+[가-힣]+$")
+# A number with a Korean counter inside a word: "1층" in "B1층"; one that starts its word is
+# found by the word itself.
+_COUNTED_NUMBER = re.compile(r"(?<=[^\W\d_])\d+[가-힣]+")
+# What PostgreSQL's parser takes for an HTML tag and drops with its contents.
+_BRACKETED = re.compile(r"<([^<>]{1,200})>")
 # An email address or a dotted host name (no quote can occur: the term is quoted as it is).
 _ADDRESS = re.compile(r"(?:[a-z0-9._%+-]+@)?[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")
 
@@ -55,13 +60,25 @@ _ADDRESS = re.compile(r"(?:[a-z0-9._%+-]+@)?[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2
 def search_terms_of(text: str) -> str:
     """Extra search terms for text, stored with each ticket and comment (`search_terms`).
 
-    The overlapping two-syllable pieces of every Hangul run (엘리베이터 -> 엘리 리베 베이 이터),
-    so a Korean term matches inside longer words (엘리베이터 in 엘리베이터가), which word search
-    cannot; and every run of digits, which PostgreSQL's parser otherwise reads as part of
-    something else (`-4242` in "zebra-4242", a signed number).
+    What PostgreSQL's word parser does not give on its own:
+    - the overlapping two-syllable pieces of every Hangul run (엘리베이터 -> 엘리 리베 베이 이터),
+      so a Korean term matches inside longer words (엘리베이터 in 엘리베이터가);
+    - every run of digits, which the parser otherwise reads as part of something else (`-4242`
+      in "zebra-4242", a signed number), and a number with its Korean counter inside a longer
+      word (`1층` in "B1층");
+    - the parts of an email address or host name (`acme` in kim@acme.co.kr), which the parser
+      keeps as one word;
+    - the words inside angle brackets (`<NullPointerException>`), which the parser drops as an
+      HTML tag.
+
+    Changing what this returns needs a migration recomputing the stored terms (as 0013 does).
     """
+    lowered = text.lower()
     bigrams = (run[i : i + 2] for run in _HANGUL_RUN.findall(text) for i in range(len(run) - 1))
-    return " ".join([*bigrams, *_DIGITS.findall(text)])
+    counted = _COUNTED_NUMBER.findall(text)
+    address_parts = (part for address in _ADDRESS.findall(lowered) for part in _TOKEN.findall(address))
+    bracketed = (word for inner in _BRACKETED.findall(text) for word in _TOKEN.findall(inner))
+    return " ".join([*bigrams, *_DIGITS.findall(text), *counted, *address_parts, *bracketed])
 
 
 def tsquery_text(q: str) -> str | None:

@@ -110,3 +110,39 @@ def test_models_match_migrations(scratch_database):
         diff = asyncio.run(diff_for(module_name, schema))
         relevant = [d for d in diff if not (isinstance(d, tuple) and d[0] == "remove_table")]
         assert relevant == [], f"{schema}: models and migrations differ: {relevant}"
+
+
+def test_tickets_0013_recomputes_the_stored_search_terms(scratch_database):
+    from services.tickets.search import search_terms_of
+
+    tickets = next(spec for spec in STACK if spec.schema == "tickets")
+    migrations.upgrade(scratch_database, tickets.migrations, tickets.schema, "0012")
+
+    async def run(*statements: str) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(plain_dsn(scratch_database))
+        try:
+            for statement in statements[:-1]:
+                await conn.execute(statement)
+            return await conn.fetch(statements[-1])
+        finally:
+            await conn.close()
+
+    # More rows than one batch of the migration (2,000), with stale terms.
+    asyncio.run(
+        run(
+            "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id, search_terms)"
+            " SELECT gen_random_uuid(), 'acme', n, 'Badge ' || n || ' for kim@acme.co.kr, B1층',"
+            " 'req-1', 'stale' FROM generate_series(1, 2005) AS n",
+            "INSERT INTO tickets.comments (id, tenant_id, ticket_id, author_id, visibility, body)"
+            " SELECT gen_random_uuid(), 'acme', id, 'agent-1', 'public', 'Re: <NullPointerException>'"
+            " FROM tickets.tickets WHERE number <= 3",
+            "SELECT 1",
+        )
+    )
+    migrations.upgrade(scratch_database, tickets.migrations, tickets.schema)
+    rows = asyncio.run(run("SELECT subject, description, search_terms FROM tickets.tickets"))
+    assert len(rows) == 2005
+    assert all(row["search_terms"] == search_terms_of(f"{row[0]} {row[1]}") for row in rows)
+    assert {"acme", "1층"} <= set(rows[0]["search_terms"].split())
+    comments = asyncio.run(run("SELECT search_terms FROM tickets.comments"))
+    assert [row[0] for row in comments] == ["NullPointerException"] * 3

@@ -191,7 +191,7 @@ async def test_similar_without_a_building_uses_text_similarity(tickets, infra):
     assert [item["id"] for item in found] == [second["id"]]
 
 
-def test_search_terms_are_hangul_bigrams_and_digit_runs():
+def test_search_terms_are_hangul_bigrams_digit_runs_and_what_the_parser_misses():
     from services.tickets.search import search_terms_of
 
     assert (
@@ -199,6 +199,9 @@ def test_search_terms_are_hangul_bigrams_and_digit_runs():
         == "엘리 리베 베이 이터 터가 멈춤 3 4242"
     )
     assert search_terms_of("물 샘") == ""  # one-syllable words are found as words, not bigrams
+    assert search_terms_of("B1층 누수") == "누수 1 1층"  # the counted number inside the word
+    assert search_terms_of("Mail Kim@Acme.co.kr") == "kim acme co kr"  # the address's parts
+    assert search_terms_of("Crash: <NullPointerException>") == "NullPointerException"
 
 
 def test_query_terms_become_words_a_last_prefix_and_korean_phrases():
@@ -234,6 +237,17 @@ async def test_an_email_address_or_host_name_is_searched_as_one_word(tickets, in
     for q in ["kim@acme.co.kr", "KIM@ACME.CO.KR lobby", "portal.acme.co.kr", "node.js"]:
         found = (await tickets.get(TICKETS, params={"q": q}, headers=agent)).json()["items"]
         assert [ticket["id"] for ticket in found] == [badge["id"]], q
+
+
+async def test_parts_of_addresses_bracketed_words_and_basement_floors_are_found(tickets, infra):
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    badge = await create_ticket(tickets, agent, subject="Badge for kim@acme.co.kr", description="-")
+    crash = await create_ticket(tickets, agent, subject="App crash", description="<NullPointerException>")
+    basement = await create_ticket(tickets, agent, subject="B1층 주차장 누수", description="-")
+    await create_ticket(tickets, agent, subject="Printer", description="acne and B11층 and 21층")
+    for q, expected in [("acme", badge), ("kim", badge), ("NullPointerException", crash), ("1층", basement)]:
+        found = (await tickets.get(TICKETS, params={"q": q}, headers=agent)).json()["items"]
+        assert [ticket["id"] for ticket in found] == [expected["id"]], q
 
 
 async def test_korean_terms_match_inside_longer_words_and_english_prefixes(tickets, corpus):
