@@ -10,7 +10,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity, IdentityDep, require_roles
@@ -59,6 +59,7 @@ from services.tickets.schemas import (
     TicketCreate,
     TicketRead,
     TicketUpdate,
+    composed,
 )
 from services.tickets.workflow import BUILTIN_STATUSES, Status, StatusCategory
 
@@ -359,7 +360,8 @@ def _custom_field_filters(request: Request) -> dict[str, str] | None:
     for key, value in pairs.items():
         if not (1 <= len(key) <= 64) or len(value) > 200 or "\x00" in key + value:
             raise ProblemError(400, "Bad Request", f"invalid custom-field filter cf.{key[:64]}")
-    return pairs or None
+    # Stored custom-field text is composed (NFC); so is what it is compared with.
+    return {composed(key): composed(value) for key, value in pairs.items()} or None
 
 
 def _no_nul(values: list[str], name: str) -> tuple[str, ...]:
@@ -453,6 +455,14 @@ class TicketListQuery(BaseModel):
     )
     sort: Literal["created_at", "updated_at", "priority", "due_at", "relevance"] | None = None
     order: Literal["asc", "desc"] = "desc"
+
+    @field_validator("tag", "building", "floor", "room", "q")
+    @classmethod
+    def _composed(cls, value: Any) -> Any:
+        """Compared with stored text, which is composed (NFC): a decomposed 세면대 finds it."""
+        if isinstance(value, list):
+            return [composed(item) for item in value]
+        return composed(value) if isinstance(value, str) else value
 
 
 @router.get(

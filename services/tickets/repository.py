@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -259,7 +260,13 @@ def _conditions(filters: TicketFilters, own_only: bool) -> list[ColumnElement]:
     if filters.tags:
         where.append(c.tags.contains(bindparam("f_tags", type_=ARRAY(Text))))
     if filters.custom_fields:
-        where.append(c.custom_fields.contains(bindparam("f_custom_fields", type_=JSONB)))
+        # A query string has only text: `cf.floor=3` matches a stored "3" or 3 (see _filter_params).
+        where.append(
+            or_(
+                c.custom_fields.contains(bindparam("f_custom_fields", type_=JSONB)),
+                c.custom_fields.contains(bindparam("f_custom_fields_typed", type_=JSONB)),
+            )
+        )
     ranges = [
         ("created_from", c.created_at, "ge"),
         ("created_to", c.created_at, "lt"),
@@ -349,6 +356,17 @@ def _list_query(filters: TicketFilters, sort: Sort, own_only: bool, after: bool)
     return query
 
 
+def _json_scalar(text: str) -> Any:
+    """`text` as the JSON number, boolean or null it spells (`1.5`, `true`), else the text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(value, (dict, list, str)) or (isinstance(value, float) and not math.isfinite(value)):
+        return text
+    return value
+
+
 def _filter_params(filters: TicketFilters) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for field in fields(filters):
@@ -360,7 +378,9 @@ def _filter_params(filters: TicketFilters) -> dict[str, Any]:
         if field.name == "tags":
             value = list(value)
         if field.name == "custom_fields":
-            value = json.dumps(value)  # fetch_all hands parameters to asyncpg as they are
+            # fetch_all hands parameters to asyncpg as they are: JSON text
+            params["f_custom_fields_typed"] = json.dumps({k: _json_scalar(v) for k, v in value.items()})
+            value = json.dumps(value)
         if field.name == "q":
             params.update(search.params(value))
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -46,11 +47,25 @@ def _no_nul(value: str) -> str:
     return value
 
 
+def composed(value: str) -> str:
+    """Text people write, as stored and as searched: in Unicode's composed form (NFC). macOS and
+    some Korean input methods send Hangul decomposed; stored as sent, 세면대 typed on another
+    machine would never find it, in search or in a filter. (Ids are kept as they are.)"""
+    return unicodedata.normalize("NFC", value)
+
+
+def _no_control_characters(value: str) -> str:
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise ValueError("must not contain control characters (tabs, line breaks)")
+    return value
+
+
 def _text(max_length: int, min_length: int = 1) -> Any:
     return Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
         AfterValidator(_no_nul),
+        AfterValidator(composed),
     ]
 
 
@@ -59,9 +74,15 @@ Description = _text(100_000, min_length=0)
 ShortText = _text(200)
 Key = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
 Tag = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), AfterValidator(_no_nul)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=50),
+    AfterValidator(_no_nul),
+    AfterValidator(_no_control_characters),
+    AfterValidator(composed),
 ]
-UserId = _text(200)
+UserId = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_no_nul)
+]
 Source = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9:_-]{0,39}$")]
 Email = Annotated[
     str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"), AfterValidator(_no_nul)
@@ -93,6 +114,17 @@ def _check_custom_fields(value: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"custom fields are at most {MAX_CUSTOM_FIELDS_BYTES} bytes of JSON")
     if "\\u0000" in encoded:
         raise ValueError("must not contain NUL characters")
+    return _composed(value)
+
+
+def _composed(value: Any) -> Any:
+    """Every text in a JSON value (names included) in NFC, like other text (see `composed`)."""
+    if isinstance(value, str):
+        return composed(value)
+    if isinstance(value, dict):
+        return {_composed(key): _composed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_composed(item) for item in value]
     return value
 
 

@@ -136,13 +136,19 @@ def test_tickets_0013_recomputes_the_stored_search_terms(scratch_database):
             "INSERT INTO tickets.comments (id, tenant_id, ticket_id, author_id, visibility, body)"
             " SELECT gen_random_uuid(), 'acme', id, 'agent-1', 'public', 'Re: <NullPointerException>'"
             " FROM tickets.tickets WHERE number <= 3",
+            "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id, tags, building)"
+            " VALUES (gen_random_uuid(), 'acme', 9999, $$\u1109\u1166\u1106\u1167\u11ab\u1103\u1162 누수$$,"
+            " 'req-1', ARRAY[$$\u1109\u1166\u1106\u1167\u11ab$$], $$\u1107\u1169\u11ab\u1100\u116a\u11ab$$)",
             "SELECT 1",
         )
     )
     migrations.upgrade(scratch_database, tickets.migrations, tickets.schema)
+    # Decomposed Hangul (as macOS sends it) is stored composed.
+    composed = asyncio.run(run("SELECT subject, tags, building FROM tickets.tickets WHERE number = 9999"))
+    assert tuple(composed[0]) == ("세면대 누수", ["세면"], "본관")
     rows = asyncio.run(run("SELECT subject, description, search_terms FROM tickets.tickets"))
-    assert len(rows) == 2005
+    assert len(rows) == 2006
     assert all(row["search_terms"] == search_terms_of(f"{row[0]} {row[1]}") for row in rows)
-    assert {"acme", "1층"} <= set(rows[0]["search_terms"].split())
+    assert sum({"acme", "1층"} <= set(row["search_terms"].split()) for row in rows) == 2005
     comments = asyncio.run(run("SELECT search_terms FROM tickets.comments"))
     assert [row[0] for row in comments] == ["NullPointerException"] * 3

@@ -130,6 +130,8 @@ async def test_update_rejects_unknown_or_server_owned_field(tickets, infra, desk
         ({"subject": "x", "tags": "urgent"}, "tags"),
         ({"subject": "x", "tags": [1]}, "tags.0"),
         ({"subject": "x", "tags": [""]}, "tags.0"),
+        ({"subject": "x", "tags": ["ok", "two\nlines"]}, "tags.1"),
+        ({"subject": "x", "tags": ["tab\there"]}, "tags.0"),
         ({"subject": "x", "custom_fields": []}, "custom_fields"),
         ({"subject": "x", "custom_fields": "x"}, "custom_fields"),
         ({"subject": "x", "watchers": "bob"}, "watchers"),

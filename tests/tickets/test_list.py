@@ -290,3 +290,23 @@ async def test_time_ranges_on_tickets_created_and_updated_at_different_times(tic
             "UPDATE tickets.tickets SET updated_at = created_at - interval '1 second' WHERE id = $1::uuid",
             ids["recent"],
         )
+
+
+async def test_custom_field_filters_match_numbers_and_booleans_too(tickets, infra):
+    # A query string is text: cf.floor=3 must find a stored 3 as well as a stored "3".
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    fields = {"floor": 3, "load": 1.5, "vip": True, "vendor": "otis"}
+    typed = await create_ticket(tickets, agent, subject="typed", custom_fields=fields)
+    text = await create_ticket(tickets, agent, subject="text", custom_fields={"floor": "3", "vip": "true"})
+    await create_ticket(tickets, agent, subject="other", custom_fields={"floor": 4, "load": 15, "vip": False})
+    for params, expected in [
+        ({"cf.floor": "3"}, {typed["id"], text["id"]}),
+        ({"cf.load": "1.5"}, {typed["id"]}),
+        ({"cf.vip": "true"}, {typed["id"], text["id"]}),
+        ({"cf.vip": "true", "cf.vendor": "otis"}, {typed["id"]}),
+        ({"cf.floor": "3.0"}, {typed["id"]}),  # the same number
+        ({"cf.vendor": "Otis"}, set()),
+    ]:
+        response = await tickets.get("/api/v1/tickets", params=params, headers=agent)
+        assert response.status_code == 200, response.text
+        assert {ticket["id"] for ticket in response.json()["items"]} == expected, params

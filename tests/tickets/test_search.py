@@ -1,5 +1,7 @@
 """Search (Korean substrings and English words, comments included) and duplicate hints."""
 
+import unicodedata
+
 import pytest
 
 from services.tickets.search import MAX_HITS
@@ -272,3 +274,23 @@ async def test_search_and_containment_operators_may_run_before_the_tenant_policy
         ["ts_match_vq", "jsonb_contains"],
     )
     assert sorted(row["proname"] for row in rows) == ["jsonb_contains", "ts_match_vq"]
+
+
+async def test_decomposed_hangul_is_stored_composed_and_found_either_way(tickets, infra):
+    # macOS sends Hangul decomposed (NFD); stored as sent, a composed query never found it.
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    nfd = unicodedata.normalize("NFD", "세면대 누수")
+    sink = await create_ticket(
+        tickets, agent, subject=nfd, tags=[unicodedata.normalize("NFD", "세면")], building=nfd[:7]
+    )
+    assert sink["subject"] == "세면대 누수" and sink["tags"] == ["세면"] and sink["building"] == "세면대"
+    await create_ticket(tickets, agent, subject="Printer", tags=["printer"], building="본관")
+    for params in [
+        {"q": "세면대"},
+        {"q": "면대"},
+        {"q": unicodedata.normalize("NFD", "면대")},
+        {"tag": unicodedata.normalize("NFD", "세면")},
+        {"building": unicodedata.normalize("NFD", "세면대")},
+    ]:
+        found = (await tickets.get(TICKETS, params=params, headers=agent)).json()["items"]
+        assert [ticket["id"] for ticket in found] == [sink["id"]], params
