@@ -592,6 +592,20 @@ async def move_attachments(session: AsyncSession, tenant_id: str, from_ticket: s
     return result.rowcount
 
 
+async def merged_into(session: AsyncSession, tenant_id: str, ticket_id: str) -> list[int]:
+    """Numbers of the tickets (not deleted) that were merged into this one."""
+    query = (
+        select(tickets.c.number)
+        .where(
+            tickets.c.tenant_id == tenant_id,
+            tickets.c.merged_into_id == UUID(ticket_id),
+            tickets.c.deleted_at.is_(None),
+        )
+        .order_by(tickets.c.number)
+    )
+    return list((await session.execute(query)).scalars())
+
+
 async def insert_history(session: AsyncSession, entries: list[dict[str, Any]]) -> None:
     if entries:
         await session.execute(insert(ticket_history), entries)

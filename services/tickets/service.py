@@ -735,6 +735,8 @@ async def merge_ticket(
         for field in changes
         if field in TRACKED_FIELDS and _json_value(source[field]) != _json_value(merged[field])
     ]
+    # The target's history says what came into it (its conversation grew by the source's).
+    history.append(_history_entry(identity, target["id"], "merged_from", None, source["id"], now))
     await repository.insert_history(session, history)
     await _record(
         session,
@@ -757,6 +759,17 @@ async def delete_ticket(session: AsyncSession, identity: Identity, ticket_id: UU
     if not identity.has_any("admin"):
         raise _forbidden("only admins delete tickets")
     ticket = await _lock_visible(session, identity, ticket_id)
+    # Read after the lock: a merge into this ticket that committed meanwhile is seen.
+    merged = await repository.merged_into(session, identity.tenant, ticket["id"])
+    if merged:
+        numbers = ", ".join(f"#{number}" for number in merged)
+        raise ProblemError(
+            409,
+            "Conflict",
+            f"tickets {numbers} were merged into this one and point at it; delete them first",
+            type_="https://helpdesk.dev/problems/merge-target",
+            merged_tickets=merged,
+        )
     now = datetime.now(UTC)
     deleted = await repository.update_ticket(
         session, identity.tenant, ticket["id"], {"deleted_at": now, "updated_at": now}

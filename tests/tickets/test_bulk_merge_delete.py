@@ -110,6 +110,32 @@ async def test_merge_moves_comments_and_closes_the_duplicate(tickets, infra, peo
     assert into_itself.status_code == 422
 
 
+async def test_a_merge_shows_in_the_targets_history_and_keeps_the_target_from_deletion(
+    tickets, infra, people
+):
+    agent, admin = people["agent"], people["admin"]
+    original = await create_ticket(tickets, agent, subject="Leak in 3F restroom")
+    duplicate = await create_ticket(tickets, agent, subject="Water on 3F floor")
+    merged = await tickets.post(
+        f"/api/v1/tickets/{duplicate['id']}/merge", json={"into_ticket_id": original["id"]}, headers=agent
+    )
+    assert merged.status_code == 200, merged.text
+    history = (await tickets.get(f"/api/v1/tickets/{original['id']}/history", headers=agent)).json()
+    assert [(e["field"], e["old_value"], e["new_value"]) for e in history["items"]] == [
+        ("merged_from", None, duplicate["id"])
+    ]
+
+    # Deleted, the target would leave the duplicate pointing at a ticket agents cannot see.
+    refused = await tickets.delete(f"/api/v1/tickets/{original['id']}", headers=admin)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["merged_tickets"] == [duplicate["number"]]
+    assert f"#{duplicate['number']}" in refused.json()["detail"]
+    assert (await tickets.get(f"/api/v1/tickets/{original['id']}", headers=agent)).status_code == 200
+    # Once the merged tickets are deleted, the target can be.
+    assert (await tickets.delete(f"/api/v1/tickets/{duplicate['id']}", headers=admin)).status_code == 204
+    assert (await tickets.delete(f"/api/v1/tickets/{original['id']}", headers=admin)).status_code == 204
+
+
 async def test_soft_delete_and_restore_are_for_admins(tickets, infra, people):
     ticket = await create_ticket(tickets, people["agent"])
     url = f"/api/v1/tickets/{ticket['id']}"
