@@ -227,27 +227,40 @@ async def similar_tickets(
     return FastJSONResponse({"items": items, "next_cursor": None})
 
 
-def _parse_if_match(value: str | None) -> int:
-    if value is None:
+_ETAG = re.compile(r'\s*(?:W/)?"(\d{1,9})"\s*')
+MAX_IF_MATCH_ETAGS = 20
+
+
+def _parse_if_match(request: Request) -> frozenset[int]:
+    """The ticket versions `If-Match` accepts: one ETag or a list (RFC 9110), on one header line
+    or several. `*` is refused: it would update whatever the ticket has become meanwhile."""
+    values = request.headers.getlist("if-match")
+    if not values:
         raise ProblemError(
             428,
             "Precondition Required",
             "send If-Match with the ETag you read, so concurrent changes are not overwritten",
         )
-    match = re.fullmatch(r'\s*(?:W/)?"(\d{1,9})"\s*', value)
-    if not match:
+    parts = ",".join(values).split(",")
+    matches = [_ETAG.fullmatch(part) for part in parts[: MAX_IF_MATCH_ETAGS + 1]]
+    if len(parts) > MAX_IF_MATCH_ETAGS or not all(matches):
         raise ProblemError(
-            400, "Bad Request", f'malformed If-Match {value[:100]!r}; expected an ETag like W/"3"'
+            400,
+            "Bad Request",
+            f'malformed If-Match {", ".join(values)[:100]!r}; expected the ETag you read, like W/"3"'
+            f" (or a list of at most {MAX_IF_MATCH_ETAGS}; * is not accepted)",
         )
-    return int(match.group(1))
+    return frozenset(int(match.group(1)) for match in matches if match)
 
 
 @router.patch("/{ticket_id}", response_model=TicketRead)
 async def update_ticket(
     ticket_id: UUID,
     data: TicketUpdate,
+    request: Request,
     session: TenantSessionDep,
     identity: IdentityDep,
+    # Declared for the OpenAPI document and its length limit; read whole by _parse_if_match.
     if_match: Annotated[str | None, Header(alias="If-Match", max_length=200)] = None,
 ) -> FastJSONResponse:
     """Change a ticket. `If-Match` with the ETag you read is required; a stale one is 412.
@@ -255,7 +268,7 @@ async def update_ticket(
     Status changes follow the tenant's workflow (409 lists the allowed next statuses);
     resolved/closed/first-response times and SLA deadlines are set by the workflow.
     """
-    expected = _parse_if_match(if_match)
+    expected = _parse_if_match(request)
     return _ticket_response(await service.update_ticket(session, identity, ticket_id, data, expected))
 
 
@@ -447,8 +460,10 @@ class TicketListQuery(BaseModel):
         min_length=1,
         max_length=search.MAX_QUERY_LENGTH,
         description=(
-            "Search subject, description and comments: every term must match; words whole, the"
-            " last one also as a prefix; Korean terms anywhere inside words. Ranks the newest"
+            "Search subject, description and comments: every term must match, all in the"
+            " ticket's own text or all in one comment; words whole, the last one also as a prefix;"
+            " Korean terms anywhere inside words; parts of email addresses and host names."
+            " Ranks the newest"
             f" {search.MAX_HITS} matching tickets and the tickets of the newest {search.MAX_HITS}"
             " matching comments that pass the other filters: add filters to reach older matches"
         ),

@@ -60,12 +60,21 @@ def _no_control_characters(value: str) -> str:
     return value
 
 
+def _visible(value: str) -> str:
+    # Stripping leaves format characters (zero-width space, BOM): text of only those is empty too.
+    if all(char.isspace() or unicodedata.category(char) == "Cf" for char in value):
+        raise ValueError("must contain visible text")
+    return value
+
+
 def _text(max_length: int, min_length: int = 1) -> Any:
+    checks = [AfterValidator(_no_nul), AfterValidator(composed)]
+    if min_length > 0:
+        checks.append(AfterValidator(_visible))
     return Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
-        AfterValidator(_no_nul),
-        AfterValidator(composed),
+        *checks,
     ]
 
 
@@ -79,6 +88,7 @@ Tag = Annotated[
     AfterValidator(_no_nul),
     AfterValidator(_no_control_characters),
     AfterValidator(composed),
+    AfterValidator(_visible),
 ]
 UserId = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_no_nul)

@@ -448,14 +448,20 @@ async def _lock_visible(session: AsyncSession, identity: Identity, ticket_id: UU
 
 
 async def update_ticket(
-    session: AsyncSession, identity: Identity, ticket_id: UUID, data: TicketUpdate, expected_version: int
+    session: AsyncSession,
+    identity: Identity,
+    ticket_id: UUID,
+    data: TicketUpdate,
+    expected_versions: frozenset[int],
 ) -> dict[str, Any]:
+    """Apply `data` if the ticket's version is one of `expected_versions` (If-Match), else 412."""
     ticket = await _lock_visible(session, identity, ticket_id)
-    if ticket["version"] != expected_version:
+    if ticket["version"] not in expected_versions:
+        sent = ", ".join(f'W/"{version}"' for version in sorted(expected_versions))
         raise ProblemError(
             412,
             "Precondition Failed",
-            f"ticket changed since you read it (version {ticket['version']}, If-Match {expected_version}); "
+            f"ticket changed since you read it (version {ticket['version']}, If-Match {sent}); "
             "read it again and retry",
             type_="https://helpdesk.dev/problems/stale-version",
             headers={"ETag": f'W/"{ticket["version"]}"'},

@@ -132,6 +132,8 @@ async def test_update_rejects_unknown_or_server_owned_field(tickets, infra, desk
         ({"subject": "x", "tags": [""]}, "tags.0"),
         ({"subject": "x", "tags": ["ok", "two\nlines"]}, "tags.1"),
         ({"subject": "x", "tags": ["tab\there"]}, "tags.0"),
+        ({"subject": "x", "tags": ["\u200b"]}, "tags.0"),
+        ({"subject": "\u200b\ufeff "}, "subject"),
         ({"subject": "x", "custom_fields": []}, "custom_fields"),
         ({"subject": "x", "custom_fields": "x"}, "custom_fields"),
         ({"subject": "x", "watchers": "bob"}, "watchers"),
@@ -404,6 +406,14 @@ async def test_nul_in_a_comment_is_422(tickets, infra, desk, body):
     assert_problem(response, 422, fields=("body",))
 
 
+@pytest.mark.parametrize("text", ["\u200b", "\ufeff", " \u200b\u2060 "])
+async def test_a_comment_of_only_invisible_characters_is_422(tickets, infra, desk, text):
+    # Like a blank one: stripping does not remove zero-width spaces or a BOM.
+    async with nothing_written(infra, desk.tenant):
+        response = await tickets.post(f"{desk.url}/comments", json={"body": text}, headers=desk.admin)
+    assert_problem(response, 422, fields=("body",))
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -550,7 +560,19 @@ async def test_limit_outside_1_to_200_is_422(tickets, desk, limit, route):
 
 @pytest.mark.parametrize(
     "value",
-    ["*", "1", "W/1", '"abc"', 'W/"-1"', 'W/"1", W/"2"', 'W/"99999999999"', "garbage", 'W/"1' + " " * 150],
+    [
+        "*",
+        "1",
+        "W/1",
+        '"abc"',
+        'W/"-1"',
+        'W/"1", *',
+        'W/"1",',
+        ", ".join(['W/"1"'] * 21),
+        'W/"99999999999"',
+        "garbage",
+        'W/"1' + " " * 150,
+    ],
 )
 async def test_malformed_if_match_is_400(tickets, infra, desk, value):
     async with nothing_written(infra, desk.tenant):
@@ -584,6 +606,24 @@ async def test_if_match_from_before_a_concurrent_change_is_412(tickets, infra, d
     async with nothing_written(infra, desk.tenant):
         second = await patch_ticket(tickets, desk.admin, desk.ticket, subject="second writer")
     assert_problem(second, 412)
+
+
+async def test_if_match_may_list_etags_on_one_line_or_several(tickets, infra, desk):
+    # RFC 9110: the update applies if the current version is any of them.
+    current = f'W/"{desk.ticket["version"]}"'
+    stale = await tickets.patch(
+        desk.url, json={"subject": "x"}, headers=desk.admin | {"If-Match": 'W/"97", W/"98"'}
+    )
+    assert_problem(stale, 412, detail='If-Match W/"97", W/"98"')
+    listed = await tickets.patch(
+        desk.url, json={"subject": "listed"}, headers=desk.admin | {"If-Match": f'"99", {current}'}
+    )
+    assert listed.status_code == 200, listed.text
+    # Two header lines are the same list; the stale one alone would be 412.
+    lines = [*desk.admin.items(), ("If-Match", 'W/"99"'), ("If-Match", listed.headers["ETag"])]
+    again = await tickets.patch(desk.url, json={"subject": "two lines"}, headers=lines)
+    assert again.status_code == 200, again.text
+    assert again.json()["subject"] == "two lines"
 
 
 async def test_missing_if_match_is_428(tickets, infra, desk):

@@ -62,9 +62,8 @@ async def test_a_status_cannot_be_removed_while_a_ticket_moves_into_it(app, infr
     ticket = await create_ticket(client, agent)
     identity = Identity(tenant=tenant, user_id="agent-1", roles=frozenset({"agent"}))
     async with open_transaction(app, tenant) as session:
-        await service.update_ticket(
-            session, identity, UUID(ticket["id"]), TicketUpdate(status="on_site"), ticket["version"]
-        )
+        move, version = TicketUpdate(status="on_site"), frozenset({ticket["version"]})
+        await service.update_ticket(session, identity, UUID(ticket["id"]), move, version)
         removal = asyncio.create_task(client.delete(f"{STATUSES}/on_site", headers=admin))
         assert await _still_waiting(removal)  # it waits for the move to commit
     assert_problem(await removal, 409, detail="in use")
@@ -110,7 +109,8 @@ async def test_parent_links_made_from_both_ends_at_once_cannot_form_a_cycle(app,
     x, y = await create_ticket(client, agent), await create_ticket(client, agent)
     identity = Identity(tenant=tenant, user_id="agent-1", roles=frozenset({"agent"}))
     async with open_transaction(app, tenant) as session:
-        await service.update_ticket(session, identity, UUID(x["id"]), TicketUpdate(parent_id=y["id"]), 1)
+        update = TicketUpdate(parent_id=y["id"])
+        await service.update_ticket(session, identity, UUID(x["id"]), update, frozenset({1}))
         other_end = asyncio.create_task(patch_ticket(client, agent, y, parent_id=x["id"]))
         assert await _still_waiting(other_end)
     assert_problem(await other_end, 422, fields=("parent_id",), detail="cycle")
