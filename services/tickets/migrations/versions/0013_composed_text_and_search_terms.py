@@ -44,23 +44,23 @@ def compose_text() -> None:
 
 def recompute_search_terms() -> None:
     """Every ticket's and comment's `search_terms` from `search_terms_of`, in primary-key order,
-    BATCH rows per read, so memory stays flat however many rows there are."""
+    BATCH rows per read, so memory stays flat however many rows there are; only rows whose
+    terms change are written."""
     from services.tickets.search import search_terms_of
 
     bind = op.get_bind()
     for table, columns in TEXT_COLUMNS.items():
         select = sa.text(
-            f'SELECT id, {", ".join(columns)} FROM "{SCHEMA}".{table} '
+            f'SELECT id, search_terms, {", ".join(columns)} FROM "{SCHEMA}".{table} '
             "WHERE id > :after ORDER BY id LIMIT :batch"
         )
-        update = sa.text(
-            f'UPDATE "{SCHEMA}".{table} SET search_terms = :terms '
-            "WHERE id = :id AND search_terms IS DISTINCT FROM :terms"
-        )
+        update = sa.text(f'UPDATE "{SCHEMA}".{table} SET search_terms = :terms WHERE id = :id')
         after = "00000000-0000-0000-0000-000000000000"
         while rows := bind.execute(select, {"after": after, "batch": BATCH}).all():
-            changes = [{"id": row[0], "terms": search_terms_of(" ".join(row[1:]))} for row in rows]
-            bind.execute(update, changes)
+            terms = ((row[0], row[1], search_terms_of(" ".join(row[2:]))) for row in rows)
+            changes = [{"id": id_, "terms": new} for id_, old, new in terms if new != old]
+            if changes:
+                bind.execute(update, changes)
             after = rows[-1][0]
 
 
