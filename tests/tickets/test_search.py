@@ -1,5 +1,6 @@
 """Search (Korean substrings and English words, comments included) and duplicate hints."""
 
+import time
 import unicodedata
 
 import pytest
@@ -204,6 +205,17 @@ def test_search_terms_are_hangul_bigrams_digit_runs_and_what_the_parser_misses()
     assert search_terms_of("B1층 누수") == "누수 1 1층"  # the counted number inside the word
     assert search_terms_of("Mail Kim@Acme.co.kr") == "kim acme co kr"  # the address's parts
     assert search_terms_of("Crash: <NullPointerException>") == "NullPointerException"
+
+
+@pytest.mark.parametrize("text", ["a" * 100_000, "a." * 50_000, "x-" * 50_000, ("a" * 300 + ".") * 300])
+def test_search_terms_take_linear_time_on_long_runs_of_address_characters(text):
+    # Matching addresses over the whole text backtracked quadratically: ~200 s for 100 kB of
+    # letters, a description any client may send. Linear, it takes milliseconds; 5 s is a wide margin.
+    from services.tickets.search import search_terms_of
+
+    started = time.perf_counter()
+    search_terms_of(text)
+    assert time.perf_counter() - started < 5
 
 
 def test_query_terms_become_words_a_last_prefix_and_korean_phrases():

@@ -50,13 +50,16 @@ def recompute_search_terms() -> None:
 
     bind = op.get_bind()
     for table, columns in TEXT_COLUMNS.items():
+        # The limit is written into the SQL: as a parameter, the prepared statement's generic
+        # plan (used from the sixth batch on) sorted the whole table for every batch (282 s
+        # instead of ~25 s over 531k tickets).
         select = sa.text(
             f'SELECT id, search_terms, {", ".join(columns)} FROM "{SCHEMA}".{table} '
-            "WHERE id > :after ORDER BY id LIMIT :batch"
+            f"WHERE id > :after ORDER BY id LIMIT {BATCH}"
         )
         update = sa.text(f'UPDATE "{SCHEMA}".{table} SET search_terms = :terms WHERE id = :id')
         after = "00000000-0000-0000-0000-000000000000"
-        while rows := bind.execute(select, {"after": after, "batch": BATCH}).all():
+        while rows := bind.execute(select, {"after": after}).all():
             terms = ((row[0], row[1], search_terms_of(" ".join(row[2:]))) for row in rows)
             changes = [{"id": id_, "terms": new} for id_, old, new in terms if new != old]
             if changes:
