@@ -50,9 +50,7 @@ def recompute_search_terms() -> None:
 
     bind = op.get_bind()
     for table, columns in TEXT_COLUMNS.items():
-        # The limit is written into the SQL: as a parameter, the prepared statement's generic
-        # plan (used from the sixth batch on) sorted the whole table for every batch (282 s
-        # instead of ~25 s over 531k tickets).
+        # The limit is written into the SQL, so no plan of the prepared statement has to guess it.
         select = sa.text(
             f'SELECT id, search_terms, {", ".join(columns)} FROM "{SCHEMA}".{table} '
             f"WHERE id > :after ORDER BY id LIMIT {BATCH}"
