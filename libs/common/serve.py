@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,8 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
+
+from libs.common.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
 
 
 def _after_drain(signum: int, frame: object) -> None:
@@ -72,7 +75,28 @@ class _HeadWithBody:
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing each response's head together with its body."""
+    """uvicorn's httptools protocol, writing each response's head together with its body, and
+    answering a request it cannot parse with problem+json like every other error (uvicorn's
+    own answer is text/plain)."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps(
+            {
+                "type": PROBLEM_BASE + "malformed-request",
+                "title": "Bad Request",
+                "status": 400,
+                "detail": "The request is not valid HTTP/1.1 (request line, header or chunk framing).",
+            }
+        ).encode()
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [
+            b"content-type: " + PROBLEM_MEDIA_TYPE.encode() + b"\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -289,6 +290,31 @@ async def test_head_requests_100_continue_and_streams_are_not_held_back(paced_se
     data = await asyncio.wait_for(reader.read(65536), 5)
     writer.close()
     assert data == b"6\r\nsecond\r\n0\r\n\r\n", data
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.1\r\nhost: t\r\nbad header line\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\nhost: t\r\n\r\n",  # a path that is not ASCII
+        b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+async def test_a_request_that_is_not_http_gets_a_problem_document(paced_server, request_bytes):
+    data, reader, writer = await first_read(paced_server, request_bytes)
+    while not data.endswith(b"}"):  # the whole answer, then the server closes
+        more = await asyncio.wait_for(reader.read(65536), 5)
+        if not more:
+            break
+        data += more
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), data
+    assert b"content-type: application/problem+json" in head and b"connection: close" in head
+    assert int(head.split(b"content-length: ")[1].split(b"\r\n")[0]) == len(body)
+    problem = json.loads(body)
+    assert problem["status"] == 400 and problem["type"].endswith("/malformed-request")
+    assert "not valid HTTP" in problem["detail"]
 
 
 @pytest.mark.parametrize(
