@@ -92,6 +92,20 @@ def _upstream_path(scope: Scope) -> str:
     return quote(scope["path"], safe=SAFE_PATH_CHARS)
 
 
+def _forwarded_for(received: bytes | None, client: str) -> str:
+    """`X-Forwarded-For` for the upstream: the list received, then the client's address.
+
+    Behind a trusted proxy, the server has already taken the client's address from the end of
+    that list (`HELPDESK_TRUSTED_PROXIES`); it is not added a second time.
+    """
+    if not received:
+        return client
+    addresses = received.decode("latin-1")
+    if addresses.rsplit(",", 1)[-1].strip() == client:
+        return addresses
+    return f"{addresses}, {client}"
+
+
 def _has_dot_segment(path: str) -> bool:
     return "/." in path and any(segment in (".", "..") for segment in path.split("/"))
 
@@ -191,8 +205,7 @@ class UpstreamProxy:
             headers = [(k, v) for k, v in headers if k not in named]
         client = scope.get("client")
         if client:
-            previous = forwarded_for.decode("latin-1") + ", " if forwarded_for else ""
-            headers.append(("x-forwarded-for", previous + client[0]))
+            headers.append(("x-forwarded-for", _forwarded_for(forwarded_for, client[0])))
         headers.extend(identity_headers)
         request_id = scope.get("state", {}).get("request_id")
         if request_id:

@@ -161,6 +161,27 @@ async def test_request_id_is_generated_returned_and_sent_upstream(gateway: Gatew
     assert response.headers.get_list("x-request-id") == [request_id]
 
 
+@pytest.mark.parametrize(
+    ("peer", "received", "sent"),
+    [
+        ("203.0.113.7", None, "203.0.113.7"),
+        ("192.0.2.1", "198.51.100.9", "198.51.100.9, 192.0.2.1"),
+        # Behind a trusted proxy the server took the client from the end of the list already.
+        ("203.0.113.7", "198.51.100.9, 203.0.113.7", "198.51.100.9, 203.0.113.7"),
+    ],
+)
+async def test_the_client_address_is_forwarded_once(
+    gateway: Gateway, infra: Infra, peer: str, received: str | None, sent: str
+) -> None:
+    headers = auth_headers(infra, "acme", ["agent"])
+    if received:
+        headers["X-Forwarded-For"] = received
+    async with gateway.client_from(peer) as client:
+        response = await client.get("/api/v1/tickets/1", headers=headers)
+    forwarded = [value for name, value in response.json()["headers"] if name == "x-forwarded-for"]
+    assert forwarded == [sent]
+
+
 async def test_client_request_id_is_passed_through(gateway: Gateway, infra: Infra) -> None:
     headers = {**auth_headers(infra, "acme", ["agent"]), "X-Request-ID": "trace-abc.123"}
     response = await gateway.client.get("/api/v1/tickets/1", headers=headers)
