@@ -21,7 +21,7 @@ from libs.common.http import HeadAsGetMiddleware, RequestIdMiddleware
 from libs.common.logging import configure_logging
 from libs.common.metrics import MetricsMiddleware, metrics_router
 from libs.common.responses import FASTAPI_TELEMETRY_OFF
-from libs.common.service_app import freeze_long_lived_objects
+from libs.common.service_app import settle_garbage_collector
 
 log = structlog.get_logger()
 
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.session_factory = create_session_factory(app.state.engine)
         try:
             async with proxy.running(proxies):
-                freeze_long_lived_objects()
+                settle_garbage_collector()
                 log.info("service_started", service=settings.service_name)
                 yield
                 log.info("service_stopping", service=settings.service_name)

@@ -57,14 +57,25 @@ class ServiceDefinition:
     background_jobs: list[Callable[[FastAPI, asyncio.Event], Awaitable[None]]] = field(default_factory=list)
 
 
-def freeze_long_lived_objects() -> None:
+# Young-generation collections start after this many net new container objects (CPython: 700).
+# A 50-ticket page holds more than 700 while it is built, so with the default a collection ran
+# every ~3 requests, found the requests in flight alive and promoted them, and full collections
+# then walked them: ~6 % of a list's CPU and 9-17 ms pauses under load (measured in a worker).
+# Freed by reference counting, almost nothing a request allocates ever waits for a collection.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_garbage_collector() -> None:
     """Call at the end of start-up: what exists then lives as long as the process.
 
     Frozen, the garbage collector stops walking it on every full collection; those pauses were
-    most of the p99 under load (gateway: 90 ms -> 23 ms at 32 clients).
+    most of the p99 under load (gateway: 90 ms -> 23 ms at 32 clients). Young collections are
+    made rarer too (GC_YOUNG_THRESHOLD).
     """
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def connect_nats(settings: CommonSettings, name: str) -> NATS:
@@ -188,7 +199,7 @@ def create_service_app(definition: ServiceDefinition) -> FastAPI:
             asyncio.create_task(job(app, jobs_stop), name=getattr(job, "__name__", "job"))
             for job in definition.background_jobs
         ]
-        freeze_long_lived_objects()
+        settle_garbage_collector()
         log.info("service_started", service=definition.name)
         try:
             yield
