@@ -12,6 +12,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from gateway import asyncapi, auth, openapi, proxy
 from gateway.body_limit import BodySizeLimitMiddleware
+from gateway.rate_limit import RateLimiter
 from gateway.settings import Settings
 from libs.common.auth import TokenVerifier
 from libs.common.db import create_engine, create_session_factory, finish_read_only_transactions
@@ -49,7 +50,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     token_verifier = TokenVerifier(settings)
     verified_tokens = proxy.VerifiedTokenCache(token_verifier)
     upstreams = proxy.upstreams_from(settings)
-    proxies = [proxy.UpstreamProxy(upstream, settings, verified_tokens) for upstream in upstreams]
+    limiter = RateLimiter(
+        settings.tenant_rate_limit_per_s, settings.user_rate_limit_per_s, settings.rate_limit_burst_s
+    )
+    proxies = [proxy.UpstreamProxy(upstream, settings, verified_tokens, limiter) for upstream in upstreams]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -21,8 +21,9 @@ from starlette.types import Receive, Scope, Send
 from yarl import URL
 
 from gateway.body_limit import BodyTooLargeError
+from gateway.rate_limit import RateLimiter
 from gateway.settings import Settings
-from libs.common.auth import TokenVerifier
+from libs.common.auth import Identity, TokenVerifier
 from libs.common.errors import PROBLEM_BASE, ProblemError, problem_response
 
 log = structlog.get_logger()
@@ -117,10 +118,11 @@ class VerifiedTokenCache:
     def __init__(self, verifier: TokenVerifier) -> None:
         self.verifier = verifier
 
-    async def identity_headers(self, token: str) -> tuple[tuple[str, str], ...]:
-        """`X-Tenant-Id`, `X-User-Id` and `X-User-Roles` for a valid token; a 401 ProblemError otherwise."""
+    async def identity_headers(self, token: str) -> tuple[Identity, tuple[tuple[str, str], ...]]:
+        """The identity of a valid token with its `X-Tenant-Id`, `X-User-Id` and `X-User-Roles`;
+        a 401 ProblemError otherwise."""
         identity = await self.verifier.verify_async(token)
-        return (
+        return identity, (
             ("x-tenant-id", identity.tenant),
             ("x-user-id", identity.user_id),
             ("x-user-roles", ",".join(sorted(identity.roles))),
@@ -130,9 +132,12 @@ class VerifiedTokenCache:
 class UpstreamProxy:
     """ASGI app forwarding one public prefix to one service over a pooled keep-alive session."""
 
-    def __init__(self, upstream: Upstream, settings: Settings, tokens: VerifiedTokenCache) -> None:
+    def __init__(
+        self, upstream: Upstream, settings: Settings, tokens: VerifiedTokenCache, limiter: RateLimiter
+    ) -> None:
         self.upstream = upstream
         self.tokens = tokens
+        self.limiter = limiter
         self.base_url = upstream.url.rstrip("/")
         self.settings = settings
         self.session: aiohttp.ClientSession | None = None
@@ -192,11 +197,22 @@ class UpstreamProxy:
             await _missing_token()(scope, receive, send)
             return
         try:
-            identity_headers = await self.tokens.identity_headers(token)
+            identity, identity_headers = await self.tokens.identity_headers(token)
         except ProblemError as exc:
             await problem_response(exc.status, exc.title, exc.detail, type_=exc.type, headers=exc.headers)(
                 scope, receive, send
             )
+            return
+        refusal = self.limiter.refusal(identity.tenant, identity.user_id)
+        if refusal is not None:
+            over, wait_s = refusal
+            await problem_response(
+                429,
+                "Too Many Requests",
+                f"{over}; retry after {wait_s} s",
+                type_=PROBLEM_BASE + "rate-limited",
+                headers={"Retry-After": str(wait_s)},
+            )(scope, receive, send)
             return
 
         if connection_tokens:

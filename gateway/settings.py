@@ -33,6 +33,12 @@ class Settings(CommonSettings):
     openapi_cache_s: float = Field(default=30.0, ge=0)
     gzip_minimum_bytes: int = Field(default=1000, ge=0)
 
+    # Proxied requests per second per tenant and per user, 0: no limit. Each gateway process
+    # counts on its own (N replicas admit N times the rate). Bursts: up to burst_s of the rate.
+    tenant_rate_limit_per_s: float = Field(default=0, ge=0)
+    user_rate_limit_per_s: float = Field(default=0, ge=0)
+    rate_limit_burst_s: float = Field(default=2.0, gt=0, le=3600)
+
     token_ttl_s: int = Field(default=3600, ge=60, le=86_400)
     login_max_failures: int = Field(default=5, ge=1)  # per account
     login_max_failures_per_ip: int = Field(default=50, ge=1)
