@@ -60,6 +60,7 @@ from services.tickets.schemas import (
     TicketRead,
     TicketUpdate,
     composed,
+    tag_key,
 )
 from services.tickets.workflow import BUILTIN_STATUSES, Status, StatusCategory
 
@@ -437,7 +438,11 @@ class TicketListQuery(BaseModel):
     assignee: TextFilter = Field(None, description="`me`, `none` or a user id")
     group: TextFilter = None
     requester: TextFilter = None
-    tag: list[str] = Field([], max_length=50, description="Tickets having all these tags")
+    tag: list[str] = Field(
+        [],
+        max_length=50,
+        description="Tickets having all these tags (in any case: tags are case-insensitive)",
+    )
     building: TextFilter = None
     floor: TextFilter = None
     room: TextFilter = None
@@ -471,13 +476,17 @@ class TicketListQuery(BaseModel):
     sort: Literal["created_at", "updated_at", "priority", "due_at", "relevance"] | None = None
     order: Literal["asc", "desc"] = "desc"
 
-    @field_validator("tag", "building", "floor", "room", "q")
+    @field_validator("building", "floor", "room", "q")
     @classmethod
     def _composed(cls, value: Any) -> Any:
         """Compared with stored text, which is composed (NFC): a decomposed 세면대 finds it."""
-        if isinstance(value, list):
-            return [composed(item) for item in value]
         return composed(value) if isinstance(value, str) else value
+
+    @field_validator("tag")
+    @classmethod
+    def _tag_keys(cls, value: list[str]) -> list[str]:
+        """Compared with stored tags, which are composed and lowercase: `VIP` finds `vip`."""
+        return [tag_key(tag) for tag in value]
 
 
 @router.get(

@@ -82,12 +82,20 @@ Subject = _text(500)
 Description = _text(100_000, min_length=0)
 ShortText = _text(200)
 Key = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+
+
+def tag_key(tag: str) -> str:
+    """Tags are case-insensitive and kept in lowercase (as Zendesk does): `VIP` and `vip` are one
+    tag, and a filter finds it however it is typed."""
+    return composed(tag).lower()
+
+
 Tag = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=50),
     AfterValidator(_no_nul),
     AfterValidator(_no_control_characters),
-    AfterValidator(composed),
+    AfterValidator(tag_key),
     AfterValidator(_visible),
 ]
 UserId = Annotated[
@@ -145,7 +153,11 @@ def _unique(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS), AfterValidator(_unique)]
+Tags = Annotated[
+    list[Tag],
+    Field(max_length=MAX_TAGS, description="Case-insensitive: stored in lowercase, each once"),
+    AfterValidator(_unique),
+]
 Watchers = Annotated[list[UserId], Field(max_length=MAX_WATCHERS), AfterValidator(_unique)]
 
 

@@ -152,3 +152,36 @@ def test_tickets_0013_recomputes_the_stored_search_terms(scratch_database):
     assert sum({"acme", "1층"} <= set(row["search_terms"].split()) for row in rows) == 2005
     comments = asyncio.run(run("SELECT search_terms FROM tickets.comments"))
     assert [row[0] for row in comments] == ["NullPointerException"] * 3
+
+
+def test_tickets_0014_lowers_existing_tags_keeping_each_once(scratch_database):
+    tickets = next(spec for spec in STACK if spec.schema == "tickets")
+    migrations.upgrade(scratch_database, tickets.migrations, tickets.schema, "0013")
+
+    async def run(*statements: str) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(plain_dsn(scratch_database))
+        try:
+            for statement in statements[:-1]:
+                await conn.execute(statement)
+            return await conn.fetch(statements[-1])
+        finally:
+            await conn.close()
+
+    # More tickets than one batch of the migration (2,000).
+    asyncio.run(
+        run(
+            "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id, tags)"
+            " SELECT gen_random_uuid(), 'acme', n, 'Badge', 'req-1',"
+            " CASE WHEN n % 2 = 0 THEN ARRAY['VIP', 'Lift', 'vip', 'ÜBER', '누수'] ELSE ARRAY['lift'] END"
+            " FROM generate_series(1, 2005) AS n",
+            "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id)"
+            " VALUES (gen_random_uuid(), 'acme', 9999, 'No tags', 'req-1')",
+            "SELECT 1",
+        )
+    )
+    migrations.upgrade(scratch_database, tickets.migrations, tickets.schema)
+    rows = asyncio.run(run("SELECT number, tags, version FROM tickets.tickets"))
+    assert len(rows) == 2006
+    for number, tags, version in rows:
+        expected = [] if number == 9999 else ["vip", "lift", "über", "누수"] if number % 2 == 0 else ["lift"]
+        assert (tags, version) == (expected, 1), number

@@ -310,3 +310,36 @@ async def test_custom_field_filters_match_numbers_and_booleans_too(tickets, infr
         response = await tickets.get("/api/v1/tickets", params=params, headers=agent)
         assert response.status_code == 200, response.text
         assert {ticket["id"] for ticket in response.json()["items"]} == expected, params
+
+
+async def test_tags_are_case_insensitive(tickets, infra):
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    ticket = await create_ticket(tickets, agent, tags=["VIP", "vip", "Elevator", "ÜBER", "누수"])
+    assert ticket["tags"] == ["vip", "elevator", "über", "누수"]
+    other = await create_ticket(tickets, agent, tags=["vip"])
+    for tag, expected in [
+        ("VIP", {ticket["id"], other["id"]}),
+        ("elevator", {ticket["id"]}),
+        ("Über", {ticket["id"]}),
+    ]:
+        response = await tickets.get("/api/v1/tickets", params={"tag": tag}, headers=agent)
+        assert response.status_code == 200, response.text
+        assert {item["id"] for item in response.json()["items"]} == expected, tag
+
+    changed = await patch_ticket(tickets, agent, ticket, tags=["Urgent", "urgent", "ELEVATOR"])
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["tags"] == ["urgent", "elevator"]
+    bulk = await tickets.post(
+        "/api/v1/tickets/bulk",
+        json={
+            "ids": [ticket["id"], other["id"]],
+            "add_tags": ["Elevator", "Leak"],
+            "remove_tags": ["VIP", "URGENT"],
+        },
+        headers=agent,
+    )
+    assert bulk.status_code == 200, bulk.text
+    assert {item["id"]: item["tags"] for item in bulk.json()["items"]} == {
+        ticket["id"]: ["elevator", "leak"],
+        other["id"]: ["elevator", "leak"],
+    }
