@@ -361,6 +361,11 @@ def test_service_routes_are_matched_directly(infra):
     app = create_app(settings_for(infra, Settings, "tickets"))
     assert {type(route) for route in app.routes} == {APIRoute, Route}
     assert "/api/v1/tickets/{ticket_id}" in app.openapi()["paths"]
+    # Matched in order: paths without parameters first, the service's own before the framework's.
+    paths = [route.path for route in app.routes]
+    with_parameters = ["{" in path for path in paths]
+    assert with_parameters == sorted(with_parameters)
+    assert paths.index("/api/v1/tickets") < paths.index("/healthz") < paths.index("/openapi.json")
 
 
 async def test_requests_in_flight_do_not_set_off_garbage_collections(infra):
