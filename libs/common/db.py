@@ -12,7 +12,7 @@ import asyncpg
 import pydantic_core
 import structlog
 from fastapi import Depends, Request
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -82,7 +82,23 @@ def create_engine(settings: CommonSettings, **overrides: Any) -> AsyncEngine:
         },
     }
     options.update(overrides)
-    return create_async_engine(async_url(settings.database_url), **options)
+    engine = create_async_engine(async_url(settings.database_url), **options)
+    event.listen(engine.sync_engine, "do_connect", _connect_or_unavailable)
+    return engine
+
+
+def _connect_or_unavailable(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+    """Connect; failing at the socket level is a `ConnectionError` however the OS words it.
+
+    A stopped server removes its Unix socket, so connecting raises FileNotFoundError, which
+    is no ConnectionError: requests got a 500 instead of the 503 of an unavailable database.
+    """
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except OSError as exc:
+        if isinstance(exc, ConnectionError):
+            raise
+        raise ConnectionError(exc.errno, f"cannot connect to the database: {exc}") from exc
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -172,6 +188,10 @@ async def transaction(
         # The driver lost track of the connection (e.g. the server dropped it): never reuse it.
         await conn.invalidate()
         raise
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # cancelled (the request deadline), maybe mid-statement
+            await _discard(conn, raw)
+        raise
     finally:
         if end_later:
             _ending.add(task := asyncio.create_task(_give_back_later(conn, raw)))
@@ -243,14 +263,44 @@ async def _begin(
                 raise
             log.warning("database_connection_lost", error=repr(exc))
             await engine.dispose()
-        except BaseException:
+        except BaseException as exc:
             try:
-                if raw is not None and not conn.invalidated:
+                if raw is not None and not isinstance(exc, Exception):
+                    await _discard(conn, raw)  # cancelled: the BEGIN may still run, later
+                elif raw is not None and not conn.invalidated:
                     await _hand_back_clean(conn, raw)
             finally:
                 await conn.close()
             raise
     raise AssertionError("unreachable")
+
+
+async def _discard(conn: AsyncConnection, raw: asyncpg.Connection) -> None:
+    """Close a connection whose statement may have been cut off, instead of pooling it again.
+
+    A cancelled statement may still run on the server after the client gave up on it (the
+    server was frozen, or the cancel request arrived after the statement): a `BEGIN` then opens a
+    transaction nobody ends, and the next user of the connection works inside it, or holds its
+    row locks until the connection dies (seen in a QA run: every create of one tenant waited on
+    its ticket counter). The driver cannot tell, so the socket is closed: the server then ends
+    whatever the connection was running or would have run.
+    """
+    raw.terminate()
+    await conn.invalidate()
+
+
+@contextlib.asynccontextmanager
+async def autocommit_driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection's asyncpg connection outside any transaction: each statement is its
+    own (autocommit). Discarded, not pooled again, if the block is cancelled."""
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        try:
+            yield raw
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                await _discard(conn, raw)
+            raise
 
 
 # Per engine, its AUTOCOMMIT view (same pool): set once, not per checkout through the session.

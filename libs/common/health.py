@@ -6,8 +6,8 @@ import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
+from libs.common.db import autocommit_driver_connection
 from libs.common.errors import problem_response
 
 health_router = APIRouter(tags=["health"])
@@ -22,8 +22,9 @@ async def healthz() -> dict[str, str]:
 async def _database_ok(request: Request) -> bool:
     try:
         async with asyncio.timeout(2.0):
-            async with request.app.state.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            # Cut off by the timeout, the connection is discarded, never pooled in an unknown state.
+            async with autocommit_driver_connection(request.app.state.engine) as raw:
+                await raw.fetchval("SELECT 1")
         return True
     except Exception:
         return False

@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
-from libs.common.db import engine_of, fetch_all, rows_as_dicts
+from libs.common.db import autocommit_driver_connection, engine_of, fetch_all, rows_as_dicts
 from libs.common.events import CloudEvent
 from libs.common.outbox import outbox_row_cte, outbox_row_params
 from services.tickets import search
@@ -88,10 +88,7 @@ async def allocate_ticket_number(session: AsyncSession, tenant_id: str, category
     (row-level security) for that one statement. On its own connection, it can run while the
     request's transaction reads something else.
     """
-    async with engine_of(session).connect() as conn:
-        # Straight to the driver: outside a transaction block asyncpg runs it as its own
-        # (autocommit) transaction, and SQLAlchemy has begun nothing on this connection.
-        raw = (await conn.get_raw_connection()).driver_connection
+    async with autocommit_driver_connection(engine_of(session)) as raw:
         return await raw.fetchval(_NEXT_TICKET_NUMBER_SQL, tenant_id, category)
 
 

@@ -31,11 +31,16 @@ async def slow_query(session: SessionDep) -> dict:
     return {}
 
 
-@router.get("/unreachable-database")
-async def unreachable_database(request: Request) -> dict:
-    nowhere = request.app.state.settings.model_copy(
-        update={"database_url": "postgresql://nobody:x@127.0.0.1:1/none"}
-    )
+UNREACHABLE = {
+    "tcp": "postgresql://nobody:x@127.0.0.1:1/none",
+    # A stopped server removes its Unix socket: connecting raises FileNotFoundError.
+    "socket": "postgresql://nobody:x@/none?host=/nonexistent-socket-dir",
+}
+
+
+@router.get("/unreachable-database/{how}")
+async def unreachable_database(request: Request, how: str) -> dict:
+    nowhere = request.app.state.settings.model_copy(update={"database_url": UNREACHABLE[how]})
     engine = create_engine(nowhere)
     try:
         async with engine.connect() as conn:
@@ -147,7 +152,7 @@ async def test_unknown_error_is_a_500_problem_without_internals(client):
     assert response.headers["x-request-id"] == "boom-1"
 
 
-@pytest.mark.parametrize("path", ["/slow-query", "/unreachable-database"])
+@pytest.mark.parametrize("path", ["/slow-query", "/unreachable-database/tcp", "/unreachable-database/socket"])
 async def test_an_unavailable_or_overloaded_database_is_a_503_to_retry(client, path):
     response = await client.get(path)
     assert response.status_code == 503, response.text
