@@ -6,6 +6,7 @@ import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from nats.aio.client import Client as NATS
 
 from libs.common.db import autocommit_driver_connection
 from libs.common.errors import problem_response
@@ -30,14 +31,25 @@ async def _database_ok(request: Request) -> bool:
         return False
 
 
+async def _nats_ok(nc: NATS | None) -> bool:
+    """The server answers a PING. A hung server leaves the client "connected" for minutes (until
+    its pings time out) while nothing is published: the outbox grows, readiness said yes."""
+    if nc is None or not nc.is_connected:
+        return False
+    try:
+        await nc.flush(timeout=0.5)
+        return True
+    except Exception:
+        return False
+
+
 @health_router.get("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when the database answers and NATS is connected; 503 problem otherwise."""
+    """Ready when the database and NATS answer; 503 problem otherwise."""
     checks = {"database": await _database_ok(request)}
     # Only apps that use NATS (every service, not the gateway) set app.state.nats.
     if hasattr(request.app.state, "nats"):
-        nc = request.app.state.nats
-        checks["nats"] = bool(nc is not None and nc.is_connected)
+        checks["nats"] = await _nats_ok(request.app.state.nats)
     if all(checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
     failing = ", ".join(name for name, ok in checks.items() if not ok)

@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import signal
 import time
 import uuid
 
@@ -218,6 +219,26 @@ async def test_readyz_reports_database_and_nats(client):
 
     await wait_until(ready)
     assert (await client.get("/readyz")).json()["checks"] == {"database": True, "nats": True}
+
+
+async def test_readyz_is_503_while_nats_does_not_answer(client, infra):
+    """A hung broker (here: stopped) keeps the client connected for minutes; ready it is not."""
+    from tests.conftest import wait_until
+
+    async def ready():
+        return (await client.get("/readyz")).status_code == 200
+
+    await wait_until(ready)
+    infra.nats.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = await client.get("/readyz")
+        assert time.monotonic() - started < 2.5  # probes must answer within their timeout
+    finally:
+        infra.nats.process.send_signal(signal.SIGCONT)
+    assert response.status_code == 503, response.text
+    assert response.json()["checks"] == {"database": True, "nats": False}
+    await wait_until(ready)
 
 
 async def test_readyz_is_503_when_the_database_is_unreachable(infra):
