@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from libs.common.auth import TENANT_PATTERN
 from libs.common.events import STREAMS, CloudEvent
 from libs.common.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_DUPLICATE, EVENTS_FAILED
 from libs.common.settings import CommonSettings
@@ -94,6 +95,25 @@ def durable_name(service: str, stream: str) -> str:
 def handler_key(subject: str) -> str:
     """The handlers' key of a subject: `<aggregate>.<event>` of `<service>.<tenant>.<aggregate>.<event>`."""
     return ".".join(subject.split(".")[2:])
+
+
+def subject_tenant(subject: str) -> str | None:
+    """The tenant a subject names (`<service>.<tenant>.<aggregate>.<event>`), if it names one."""
+    tokens = subject.split(".")
+    return tokens[1] if len(tokens) == 4 and TENANT_PATTERN.match(tokens[1]) else None
+
+
+def envelope_mismatch(subject: str, event: CloudEvent) -> str | None:
+    """Why an event does not belong on its subject, or None. Handlers are chosen by the subject
+    and trust the envelope's tenant: an event whose type or tenant says otherwise is refused,
+    not counted as something it is not (or for another tenant)."""
+    service, tenant, aggregate, name = [*subject.split("."), "", "", "", ""][:4]
+    if event.tenant != tenant:
+        return f"event of tenant {event.tenant!r} on a subject of tenant {tenant!r}"
+    expected = f"helpdesk.{service}.{aggregate}.{name}.v"
+    if not (event.type.startswith(expected) and event.type[len(expected) :].isdigit()):
+        return f"event type {event.type!r} on subject {subject!r} (expected {expected}<n>)"
+    return None
 
 
 async def record_in_inbox(inbox: Table, session: AsyncSession, events: list[tuple[str, CloudEvent]]) -> set:
@@ -237,12 +257,19 @@ class ConsumerRunner:
                 await msg.nak(delay=delay)
 
     async def _parse(self, msg: Msg) -> CloudEvent | None:
+        """The message's event; None when it was dead-lettered instead (no retry can fix it)."""
+        deliveries = msg.metadata.num_delivered
         try:
-            return CloudEvent.model_validate_json(msg.data)
+            event = CloudEvent.model_validate_json(msg.data)
         except ValidationError as exc:
-            deliveries = msg.metadata.num_delivered
             await self._dead_letter_and_term(msg, None, f"invalid CloudEvent envelope: {exc}", deliveries)
             return None
+        mismatch = envelope_mismatch(msg.subject, event)
+        if mismatch is not None:
+            error = f"envelope does not match its subject: {mismatch}"
+            await self._dead_letter_and_term(msg, event, error, deliveries)
+            return None
+        return event
 
     async def _record_in_inbox(self, session: AsyncSession, events: list[tuple[Msg, CloudEvent]]) -> set:
         return await record_in_inbox(self.inbox, session, [(msg.subject, event) for msg, event in events])
@@ -273,7 +300,9 @@ class ConsumerRunner:
                 await session.execute(
                     insert(self.dead_letters).values(
                         event_id=event.id if event else None,
-                        tenant_id=event.tenant if event else None,
+                        # The subject's tenant: an admin of that tenant sees what failed there,
+                        # even when the envelope is unreadable or claims another tenant.
+                        tenant_id=subject_tenant(msg.subject),
                         stream=self.stream,
                         consumer=self.durable,
                         subject=msg.subject,

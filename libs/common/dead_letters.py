@@ -15,7 +15,7 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity, require_roles
-from libs.common.consumer import Subscription, handler_key, record_in_inbox, run_handlers
+from libs.common.consumer import Subscription, envelope_mismatch, handler_key, record_in_inbox, run_handlers
 from libs.common.db import SessionDep
 from libs.common.errors import ProblemError, problem_response
 from libs.common.events import CloudEvent
@@ -103,11 +103,13 @@ def dead_letters_router(
         row = await _lock(session, table, identity.tenant, dead_letter_id)
         subscription = by_stream.get(row["stream"])
         key = handler_key(row["subject"])
-        # A tenant's dead letters hold a parsed event (a message that is no valid CloudEvent has
-        # no tenant, so no tenant admin sees it: operators read its `raw` text in the table).
         if subscription is None or not (key in subscription.handlers or key in subscription.batch_handlers):
             raise _not_replayable(dead_letter_id, f"this service no longer handles {key!r} events")
+        if row["payload"] is None:  # its `raw` text shows what arrived
+            raise _not_replayable(dead_letter_id, "its message is not a valid CloudEvent")
         event = CloudEvent.model_validate(row["payload"])
+        if (mismatch := envelope_mismatch(row["subject"], event)) is not None:
+            raise _not_replayable(dead_letter_id, f"its envelope does not match its subject: {mismatch}")
         try:
             async with session.begin_nested():
                 if await record_in_inbox(inbox, session, [(row["subject"], event)]):

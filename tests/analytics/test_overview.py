@@ -128,3 +128,41 @@ async def test_a_dead_lettered_ticket_event_is_counted_once_when_an_admin_replay
     assert await counted(2)
     assert (await analytics.post(replay, headers=admin)).status_code == 409
     assert await counted(2)
+
+
+async def test_dead_letters_that_cannot_be_replayed_are_a_409_naming_why(clients, infra):
+    _, analytics = clients
+    tenant = unique_tenant()
+    admin = auth_headers(infra, tenant, ["admin"])
+    subject = f"tickets.{tenant}.ticket.created"
+    forged = {
+        "id": str(new_id()),
+        "source": "x",
+        "type": "helpdesk.tickets.ticket.exploded.v9",
+        "subject": "t",
+        "time": "2026-11-22T10:00:00Z",
+        "tenant": tenant,
+        "data": {},
+    }
+    letters = await admin_fetch(
+        infra,
+        "INSERT INTO analytics.dead_letters (event_id, tenant_id, stream, consumer, subject, payload, raw,"
+        " error, deliveries) VALUES (NULL, $1, 'TICKETS', 'analytics--TICKETS', $2, NULL, '{not json',"
+        " 'invalid CloudEvent envelope', 1), ($3, $1, 'TICKETS', 'analytics--TICKETS', $2, $4, NULL,"
+        " 'envelope does not match its subject', 1) RETURNING id",
+        tenant,
+        subject,
+        UUID(forged["id"]),
+        json.dumps(forged),
+    )
+    listed = await analytics.get("/api/v1/analytics/dead-letters", headers=admin)
+    assert {item["id"] for item in listed.json()["items"]} == {letter["id"] for letter in letters}
+    reasons = []
+    for letter in letters:
+        response = await analytics.post(
+            f"/api/v1/analytics/dead-letters/{letter['id']}/replay", headers=admin
+        )
+        assert response.status_code == 409, response.text
+        reasons.append(response.json()["detail"])
+    assert "not a valid CloudEvent" in reasons[0]
+    assert "does not match its subject" in reasons[1]

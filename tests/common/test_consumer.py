@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import uuid
 
 import nats
 import pytest
@@ -64,21 +65,24 @@ def make_runner(infra, nc, engine, tenant: str, runner_class=ConsumerRunner, **o
     )
 
 
+SAMPLE_TICKET_CREATED = {
+    "ticket_id": "0190f0f0-0000-7000-8000-000000000001",
+    "number": 1,
+    "subject": "elevator stuck",
+    "description": "",
+    "status": "open",
+    "status_category": "open",
+    "priority": "low",
+    "category": None,
+    "requester_id": "r",
+    "assignee_id": None,
+    "created_at": "2026-11-22T10:00:00Z",
+    "updated_at": "2026-11-22T10:00:00Z",
+}
+
+
 async def publish_ticket_created(nc, tenant: str, subject_text: str) -> CloudEvent:
-    payload = TicketCreated(
-        ticket_id="0190f0f0-0000-7000-8000-000000000001",
-        number=1,
-        subject=subject_text,
-        description="",
-        status="open",
-        status_category="open",
-        priority="low",
-        category=None,
-        requester_id="r",
-        assignee_id=None,
-        created_at="2026-11-22T10:00:00Z",
-        updated_at="2026-11-22T10:00:00Z",
-    )
+    payload = TicketCreated.model_validate({**SAMPLE_TICKET_CREATED, "subject": subject_text})
     subject, event = build_event(
         service="tickets", tenant=tenant, aggregate="ticket", event="created", aggregate_id="t1", data=payload
     )
@@ -198,6 +202,59 @@ async def test_malformed_envelope_goes_straight_to_dead_letters(infra, test_db):
             ).all()
         assert {r.raw for r in raws} == {"{not json", '{"id": "x"}'}
         assert {r.deliveries for r in raws} == {1}
+        # Unreadable, yet the subject says whose it is: that tenant's admins see it.
+        async with test_db.connect() as conn:
+            tenants = await conn.scalars(
+                select(dead_letters.c.tenant_id).where(
+                    dead_letters.c.subject == f"tickets.{tenant}.ticket.created"
+                )
+            )
+            assert list(tenants) == [tenant, tenant]
+    finally:
+        await nc.close()
+
+
+async def test_an_envelope_contradicting_its_subject_is_dead_lettered_not_applied(infra, test_db):
+    """Handlers are chosen by the subject and count for the envelope's tenant: an event claiming
+    another type or another tenant than its subject must not be counted as what it is not."""
+    tenant, other = unique_tenant("liar"), unique_tenant("victim")
+    nc = await nats.connect(infra.nats_url)
+    try:
+        await ensure_stream(nc.jetstream(), "TICKETS", CommonSettings())
+        runner = make_runner(infra, nc, test_db, tenant)
+        subject = f"tickets.{tenant}.ticket.created"
+        _, event = build_event(
+            service="tickets",
+            tenant=tenant,
+            aggregate="ticket",
+            event="created",
+            aggregate_id="t1",
+            data=TicketCreated.model_validate(SAMPLE_TICKET_CREATED),
+        )
+        for lie in ({"type": "helpdesk.tickets.ticket.exploded.v9"}, {"tenant": other}):
+            forged = event.model_copy(update={"id": uuid.uuid4(), **lie})
+            await nc.jetstream().publish(subject, forged.model_dump_json().encode())
+        await publish_ticket_created(nc, tenant, "a real one")
+
+        async def settled() -> bool:
+            async with test_db.connect() as conn:
+                letters = await conn.scalar(
+                    select(func.count()).select_from(dead_letters).where(dead_letters.c.subject == subject)
+                )
+            return letters == 2 and await effect_count(test_db, tenant) == 1
+
+        await run_until(runner, settled)
+        assert await effect_count(test_db, other) == 0
+        async with test_db.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(dead_letters.c.tenant_id, dead_letters.c.error).where(
+                        dead_letters.c.subject == subject
+                    )
+                )
+            ).all()
+        assert {row.tenant_id for row in rows} == {tenant}
+        assert all(row.error.startswith("envelope does not match its subject") for row in rows)
     finally:
         await nc.close()
 
