@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from libs.common import migrations
@@ -18,9 +19,11 @@ from libs.common.launcher import (
     PostgresServer,
     Secrets,
     Stack,
+    launcher_running,
     require_free_port,
     service_environment,
     start_service,
+    stop_leftovers,
     wait_ready,
 )
 from libs.common.settings import CommonSettings
@@ -135,6 +138,9 @@ def seed_bench_agent(admin_url: str, secrets_: Secrets) -> dict:
     return {"tenant": BENCH_TENANT, "users": {"agent": {"email": BENCH_AGENT, "password": password}}}
 
 
+PROCESSES_FILE = "processes.json"  # in the data directory while a stack runs (Stack.record)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     data_dir = home()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +149,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = CommonSettings()
     external_db, external_nats = bool(os.environ.get("DATABASE_URL")), bool(os.environ.get("NATS_URL"))
     ports = service_ports()
+    processes_file = data_dir / PROCESSES_FILE
+    if (launcher := launcher_running(processes_file)) is not None:
+        print(
+            f"helpdesk up: a stack from {data_dir} already runs (launcher pid {launcher});"
+            " stop it with Ctrl-C where it runs, or `helpdesk down`",
+            file=sys.stderr,
+        )
+        return 3
+    if stopped := stop_leftovers(processes_file):
+        print(f"stopped what a launcher that died had left running: {', '.join(stopped)}")
     try:
         # Check every port before starting anything, so a clash fails fast and names the port.
         if not external_db:
@@ -170,12 +186,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         else:
             stack.postgres = PostgresServer(data_dir / "pg", pg_port(), secrets_.pg_password)
             stack.postgres.start()
+            stack.record(processes_file)
             stack.database_url = stack.postgres.admin_url
         if external_nats:
             stack.nats_url = os.environ["NATS_URL"]
         else:
             stack.nats = NatsServer(data_dir / "nats", nats_port(), sync_interval=settings.nats_sync_interval)
             stack.nats.start()
+            stack.record(processes_file)
             stack.nats_url = stack.nats.url
         print("running migrations ...")
         migrate(stack.database_url, secrets_)
@@ -184,6 +202,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         for spec in STACK:
             env = service_environment(stack, spec, secrets_, {"HELPDESK_ENV": settings.env})
             stack.services.append(start_service(stack, spec, env, log_dir if args.quiet else None))
+            stack.record(processes_file)
         for service in stack.services:
             wait_ready(service)
         description = stack.describe()
@@ -208,8 +227,30 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("stopping ...")
         stack.stop()
         (data_dir / "stack.json").unlink(missing_ok=True)
+        processes_file.unlink(missing_ok=True)
         print("stopped")
     return exit_code
+
+
+def cmd_down(_: argparse.Namespace) -> int:
+    """Stop the stack running from this data directory: ask its launcher, or, if the launcher
+    died, stop what it had started itself."""
+    data_dir = home()
+    processes_file = data_dir / PROCESSES_FILE
+    launcher = launcher_running(processes_file)
+    if launcher is not None:
+        os.kill(launcher, signal.SIGTERM)
+        deadline = time.monotonic() + 180
+        while launcher_running(processes_file) == launcher and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if launcher_running(processes_file) == launcher:
+            print(f"helpdesk down: the launcher (pid {launcher}) is still stopping", file=sys.stderr)
+            return 1
+        print(f"stopped the stack of launcher pid {launcher}")
+        return 0
+    stopped = stop_leftovers(processes_file)
+    print(f"stopped: {', '.join(stopped)}" if stopped else f"no stack runs from {data_dir}")
+    return 0
 
 
 def print_banner(description: dict, data_dir: Path) -> None:
@@ -298,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="send service logs to .helpdesk/logs/ instead of stdout"
     )
     up.set_defaults(func=cmd_up)
+
+    commands.add_parser("down", help="stop the stack `helpdesk up` runs from this directory").set_defaults(
+        func=cmd_down
+    )
 
     commands.add_parser("migrate", help="create roles and schemas, run all migrations").set_defaults(
         func=cmd_migrate

@@ -393,6 +393,66 @@ class Stack:
         if self.postgres is not None:
             self.postgres.stop()
 
+    def record(self, path: Path) -> None:
+        """Write which processes run, so a stack whose launcher died can still be stopped."""
+        services = reversed(self.services)  # stopped in this order: the last started first
+        running = [(service.spec.name, service.process, "libs.common.serve") for service in services]
+        for name, server, marker in (
+            ("NATS", self.nats, "nats-server"),
+            ("PostgreSQL", self.postgres, "postgres"),
+        ):
+            if server is not None and server.process is not None:
+                running.append((name, server.process, marker))
+        processes = [
+            {"name": name, "pid": process.pid, "command": marker} for name, process, marker in running
+        ]
+        path.write_text(json.dumps({"launcher": os.getpid(), "processes": processes}, indent=2))
+
+
+# How a leftover process is asked to stop: PostgreSQL's fast shutdown, the others' graceful one.
+_STOP_SIGNALS = {"PostgreSQL": signal.SIGINT}
+
+
+def process_running(pid: int, command: str) -> bool:
+    """Whether `pid` is alive and still the process recorded (a pid can be reused)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    shown = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    return command in shown.stdout
+
+
+def launcher_running(path: Path) -> int | None:
+    """The pid of the launcher that wrote the record at `path`, if it still runs."""
+    if not path.exists():
+        return None
+    pid = json.loads(path.read_text())["launcher"]
+    return pid if process_running(pid, "helpdesk up") or process_running(pid, "libs.cli.main up") else None
+
+
+def stop_leftovers(path: Path, timeout: float = 60.0) -> list[str]:
+    """Stop what the record at `path` names and still runs (its launcher died without stopping
+    it): services first, the servers last, as the launcher would. Returns their names."""
+    if not path.exists():
+        return []
+    stopped = []
+    for entry in json.loads(path.read_text())["processes"]:
+        pid, name = entry["pid"], entry["name"]
+        if not process_running(pid, entry["command"]):
+            continue
+        os.kill(pid, _STOP_SIGNALS.get(name, signal.SIGTERM))
+        deadline = time.monotonic() + timeout
+        while process_running(pid, entry["command"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if process_running(pid, entry["command"]):
+            os.kill(pid, signal.SIGKILL)
+        stopped.append(name)
+    path.unlink()
+    return stopped
+
 
 def _hide_password(url: str) -> str:
     from sqlalchemy.engine import make_url

@@ -1,6 +1,7 @@
 """End to end through the gateway: log in, create a ticket, see analytics count it."""
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from libs.common.db import plain_dsn
 from libs.common.launcher import free_port
 from libs.common.stack import STACK
 from tests.conftest import wait_until
-from tests.e2e.conftest import DEMO_PASSWORD, start_helpdesk_up
+from tests.e2e.conftest import DEMO_PASSWORD, helpdesk_env, start_helpdesk_up
 
 pytestmark = pytest.mark.e2e
 
@@ -227,3 +228,54 @@ async def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(infr
     finally:
         if service.process.poll() is None:  # a failed assertion must not leave it running
             service.process.kill()
+
+
+def test_a_stack_left_by_a_killed_launcher_is_stopped_by_the_next_up_and_down_stops_it(infra, tmp_path):
+    """SIGKILL of `helpdesk up` leaves its processes running (each in its own session); the next
+    `helpdesk up` from the same directory stops them before starting, and `helpdesk down` stops
+    a running stack through its launcher."""
+    from libs.common.launcher import port_is_free, process_running
+
+    home, ports = tmp_path / "home", {spec.name: free_port() for spec in STACK}
+
+    def came_up(process: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 180
+        while not (home / "stack.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+            time.sleep(0.3)
+
+    first = start_helpdesk_up(infra, home, ports)
+    came_up(first)
+    processes = json.loads((home / "processes.json").read_text())["processes"]
+    assert {entry["name"] for entry in processes} == {spec.name for spec in STACK}
+    first.kill()
+    first.wait(10)
+    assert all(process_running(entry["pid"], entry["command"]) for entry in processes)  # orphans now
+    (home / "stack.json").unlink()
+
+    second = start_helpdesk_up(infra, home, ports)
+    try:
+        came_up(second)
+        assert not any(process_running(entry["pid"], entry["command"]) for entry in processes)
+        again = subprocess.run(
+            [sys.executable, "-m", "libs.cli.main", "up"],
+            env=helpdesk_env(infra, home, ports),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 3 and "already runs" in again.stderr, again.stderr
+        down = subprocess.run(
+            [sys.executable, "-m", "libs.cli.main", "down"],
+            env=helpdesk_env(infra, home, ports),
+            capture_output=True,
+            text=True,
+            timeout=200,
+        )
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert second.wait(10) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert all(port_is_free(port) for port in ports.values())
+    assert not (home / "processes.json").exists()
