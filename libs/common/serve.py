@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
@@ -75,30 +76,28 @@ class _HeadWithBody:
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing each response's head together with its body, and
-    answering a request it cannot parse with problem+json like every other error (uvicorn's
-    own answer is text/plain)."""
+    """uvicorn's httptools protocol, with:
 
-    def send_400_response(self, msg: str) -> None:
-        body = json.dumps(
-            {
-                "type": PROBLEM_BASE + "malformed-request",
-                "title": "Bad Request",
-                "status": 400,
-                "detail": "The request is not valid HTTP/1.1 (request line, header or chunk framing).",
-            }
-        ).encode()
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
-        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
-        head += [
-            b"content-type: " + PROBLEM_MEDIA_TYPE.encode() + b"\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n",
-            b"connection: close\r\n\r\n",
-        ]
-        self.transport.write(b"".join(head) + body)
-        self.transport.close()
+    - each response's head written together with its body (`_HeadWithBody`);
+    - requests it cannot parse answered with problem+json like every other error (uvicorn's
+      own answer is text/plain);
+    - a deadline for each request's head: uvicorn has none once the first byte has come, so a
+      client trickling header lines (slowloris) held its connection, and a file descriptor,
+      for as long as it liked. Bodies are not timed here: uploads may be slow, and the request
+      deadline covers a body that stops coming.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_received()
+        super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
+        self._head_received()
         super().on_headers_complete()
         cycle = self.cycle
         if (
@@ -107,6 +106,45 @@ class HttpProtocol(HttpToolsProtocol):
             and not isinstance(cycle.transport, _HeadWithBody)
         ):
             cycle.transport = _HeadWithBody(cycle.transport)  # type: ignore[assignment]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._await_head()  # of the next request on this connection
+
+    def send_400_response(self, msg: str) -> None:
+        detail = "The request is not valid HTTP/1.1 (request line, header or chunk framing)."
+        self._send_problem(400, "Bad Request", "malformed-request", detail)
+
+    def _await_head(self) -> None:
+        self._head_received()
+        self._head_deadline = self.loop.call_later(request_head_timeout_s(), self._head_timed_out)
+
+    def _head_received(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered; the next head's clock starts after it
+        detail = f"the request's headers did not arrive within {request_head_timeout_s():g} s"
+        self._send_problem(408, "Request Timeout", "request-head-timeout", detail)
+
+    def _send_problem(self, status: int, title: str, kind: str, detail: str) -> None:
+        """A problem document, then the connection closes (uvicorn cannot go on with it)."""
+        problem = {"type": PROBLEM_BASE + kind, "title": title, "status": status, "detail": detail}
+        body = json.dumps(problem).encode()
+        head = [f"HTTP/1.1 {status} {title}\r\n".encode()]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [
+            b"content-type: " + PROBLEM_MEDIA_TYPE.encode() + b"\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
 
 class ServeSettings(BaseSettings):
@@ -118,6 +156,9 @@ class ServeSettings(BaseSettings):
     # scope: the gateway's login throttling per address, the request log). Behind a load balancer
     # or ingress, list its addresses; otherwise every client looks like the load balancer.
     trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+    # A request's line and headers must arrive within this (from the connection's start, or the
+    # end of the previous response on it), else 408 and the connection closes.
+    request_head_timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -126,6 +167,11 @@ class ServeSettings(BaseSettings):
             if entry != "*":
                 ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
         return value
+
+
+@functools.cache
+def request_head_timeout_s() -> float:
+    return ServeSettings().request_head_timeout_s
 
 
 def bind_reuse_port(host: str, port: int, *, listen: bool = True) -> socket.socket:

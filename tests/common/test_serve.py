@@ -317,6 +317,34 @@ async def test_a_request_that_is_not_http_gets_a_problem_document(paced_server, 
     assert "not valid HTTP" in problem["detail"]
 
 
+async def test_a_request_head_that_does_not_arrive_in_time_is_a_408_and_the_connection_closes():
+    with serving(workers=1, app="paced_app", env={"HELPDESK_REQUEST_HEAD_TIMEOUT_S": "1"}) as port:
+        # Slowloris: header lines keep trickling in, the head never completes.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        writer.write(b"GET / HTTP/1.1\r\nhost: t\r\n")
+        answer = b""
+        while not reader.at_eof() and time.monotonic() - started < 5:
+            writer.write(b"x-trickle: 1\r\n")
+            with contextlib.suppress(TimeoutError):
+                answer += await asyncio.wait_for(reader.read(65536), 0.3)
+        writer.close()
+        assert time.monotonic() - started < 2.5
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+        assert b"content-type: application/problem+json" in head and reader.at_eof()
+        assert json.loads(body)["type"].endswith("/request-head-timeout")
+
+        # A keep-alive connection used in time is not cut: the clock restarts after each response.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):
+            writer.write(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(65536), 5)  # the paced app answers in 0.3 s
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data
+            await asyncio.sleep(0.8)
+        writer.close()
+
+
 @pytest.mark.parametrize(
     ("trusted", "seen"),
     [
