@@ -39,3 +39,30 @@ def test_json_lines_carry_service_worker_level_time_and_bound_context(capsys):
     # Libraries logging through the standard library come out in the same shape.
     assert second["event"] == "from stdlib logging" and second["level"] == "warning"
     assert second["service"] == "tickets"
+
+
+WRITER = """
+import structlog
+from libs.common.logging import configure_logging
+configure_logging("probe", "INFO", "json")
+log = structlog.get_logger()
+for n in range(200):
+    log.error("boom", n=n, traceback="x" * 20_000)  # a long line, as a traceback makes
+"""
+
+
+def test_processes_sharing_stdout_never_split_each_others_lines(tmp_path):
+    """A service's workers (and, in `helpdesk up`, every process) write to one inherited stdout:
+    each line must leave in one write, or another process's line lands in the middle of it."""
+    import subprocess
+    import sys
+
+    output = tmp_path / "shared.log"
+    with output.open("ab") as shared:
+        writers = [
+            subprocess.Popen([sys.executable, "-c", WRITER], stdout=shared, cwd=os.getcwd()) for _ in range(3)
+        ]
+        assert [writer.wait(60) for writer in writers] == [0, 0, 0]
+    lines = output.read_text().splitlines()
+    assert len(lines) == 600
+    assert all(json.loads(line)["event"] == "boom" for line in lines)
