@@ -406,7 +406,9 @@ class Stack:
         processes = [
             {"name": name, "pid": process.pid, "command": marker} for name, process, marker in running
         ]
-        path.write_text(json.dumps({"launcher": os.getpid(), "processes": processes}, indent=2))
+        written = path.with_suffix(".tmp")  # then renamed: a reader never sees half a file
+        written.write_text(json.dumps({"launcher": os.getpid(), "processes": processes}, indent=2))
+        written.replace(path)
 
 
 # How a leftover process is asked to stop: PostgreSQL's fast shutdown, the others' graceful one.
