@@ -159,6 +159,25 @@ async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1) ->
 _tenant_counter = 0
 
 
+def ticket_created_data(n: int = 0, **overrides: Any) -> dict[str, Any]:
+    """The data of a `ticket.created` event for tests that publish events themselves."""
+    return {
+        "ticket_id": f"0190f0f0-0000-7000-8000-{n:012d}",
+        "number": n + 1,
+        "subject": f"s{n}",
+        "description": "",
+        "status": "open",
+        "status_category": "open",
+        "priority": "low",
+        "category": None,
+        "requester_id": "r",
+        "assignee_id": None,
+        "created_at": "2026-11-22T10:00:00+00:00",
+        "updated_at": "2026-11-22T10:00:00+00:00",
+        **overrides,
+    }
+
+
 def unique_tenant(prefix: str = "t") -> str:
     """A fresh tenant slug per test, so tests never see each other's rows."""
     global _tenant_counter

@@ -15,7 +15,7 @@ from libs.common.db import async_url, create_session_factory, make_metadata
 from libs.common.events import CloudEvent, build_event, ensure_stream
 from libs.common.settings import CommonSettings
 from services.tickets.events import TicketCreated
-from tests.conftest import settings_for, unique_tenant, wait_until
+from tests.conftest import settings_for, ticket_created_data, unique_tenant, wait_until
 
 # The tests run their own consumers on their own tables, so the real services' inboxes never
 # see (and swallow) these events.
@@ -65,24 +65,8 @@ def make_runner(infra, nc, engine, tenant: str, runner_class=ConsumerRunner, **o
     )
 
 
-SAMPLE_TICKET_CREATED = {
-    "ticket_id": "0190f0f0-0000-7000-8000-000000000001",
-    "number": 1,
-    "subject": "elevator stuck",
-    "description": "",
-    "status": "open",
-    "status_category": "open",
-    "priority": "low",
-    "category": None,
-    "requester_id": "r",
-    "assignee_id": None,
-    "created_at": "2026-11-22T10:00:00Z",
-    "updated_at": "2026-11-22T10:00:00Z",
-}
-
-
 async def publish_ticket_created(nc, tenant: str, subject_text: str) -> CloudEvent:
-    payload = TicketCreated.model_validate({**SAMPLE_TICKET_CREATED, "subject": subject_text})
+    payload = TicketCreated.model_validate(ticket_created_data(subject=subject_text))
     subject, event = build_event(
         service="tickets", tenant=tenant, aggregate="ticket", event="created", aggregate_id="t1", data=payload
     )
@@ -229,7 +213,7 @@ async def test_an_envelope_contradicting_its_subject_is_dead_lettered_not_applie
             aggregate="ticket",
             event="created",
             aggregate_id="t1",
-            data=TicketCreated.model_validate(SAMPLE_TICKET_CREATED),
+            data=TicketCreated.model_validate(ticket_created_data()),
         )
         for lie in ({"type": "helpdesk.tickets.ticket.exploded.v9"}, {"tenant": other}):
             forged = event.model_copy(update={"id": uuid.uuid4(), **lie})

@@ -112,14 +112,11 @@ def test_models_match_migrations(scratch_database):
         assert relevant == [], f"{schema}: models and migrations differ: {relevant}"
 
 
-def test_tickets_0013_recomputes_the_stored_search_terms(scratch_database):
-    from services.tickets.search import search_terms_of
+def run_sql(url: str, *statements: str) -> list[asyncpg.Record]:
+    """Run statements as the superuser; the rows of the last one."""
 
-    tickets = next(spec for spec in STACK if spec.schema == "tickets")
-    migrations.upgrade(scratch_database, tickets.migrations, tickets.schema, "0012")
-
-    async def run(*statements: str) -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(plain_dsn(scratch_database))
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(plain_dsn(url))
         try:
             for statement in statements[:-1]:
                 await conn.execute(statement)
@@ -127,30 +124,40 @@ def test_tickets_0013_recomputes_the_stored_search_terms(scratch_database):
         finally:
             await conn.close()
 
+    return asyncio.run(run())
+
+
+def test_tickets_0013_recomputes_the_stored_search_terms(scratch_database):
+    from services.tickets.search import search_terms_of
+
+    tickets = next(spec for spec in STACK if spec.schema == "tickets")
+    migrations.upgrade(scratch_database, tickets.migrations, tickets.schema, "0012")
+
     # More rows than one batch of the migration (2,000), with stale terms.
-    asyncio.run(
-        run(
-            "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id, search_terms)"
-            " SELECT gen_random_uuid(), 'acme', n, 'Badge ' || n || ' for kim@acme.co.kr, B1층',"
-            " 'req-1', 'stale' FROM generate_series(1, 2005) AS n",
-            "INSERT INTO tickets.comments (id, tenant_id, ticket_id, author_id, visibility, body)"
-            " SELECT gen_random_uuid(), 'acme', id, 'agent-1', 'public', 'Re: <NullPointerException>'"
-            " FROM tickets.tickets WHERE number <= 3",
-            "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id, tags, building)"
-            " VALUES (gen_random_uuid(), 'acme', 9999, $$\u1109\u1166\u1106\u1167\u11ab\u1103\u1162 누수$$,"
-            " 'req-1', ARRAY[$$\u1109\u1166\u1106\u1167\u11ab$$], $$\u1107\u1169\u11ab\u1100\u116a\u11ab$$)",
-            "SELECT 1",
-        )
+    run_sql(
+        scratch_database,
+        "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id, search_terms)"
+        " SELECT gen_random_uuid(), 'acme', n, 'Badge ' || n || ' for kim@acme.co.kr, B1층',"
+        " 'req-1', 'stale' FROM generate_series(1, 2005) AS n",
+        "INSERT INTO tickets.comments (id, tenant_id, ticket_id, author_id, visibility, body)"
+        " SELECT gen_random_uuid(), 'acme', id, 'agent-1', 'public', 'Re: <NullPointerException>'"
+        " FROM tickets.tickets WHERE number <= 3",
+        "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id, tags, building)"
+        " VALUES (gen_random_uuid(), 'acme', 9999, $$\u1109\u1166\u1106\u1167\u11ab\u1103\u1162 누수$$,"
+        " 'req-1', ARRAY[$$\u1109\u1166\u1106\u1167\u11ab$$], $$\u1107\u1169\u11ab\u1100\u116a\u11ab$$)",
+        "SELECT 1",
     )
     migrations.upgrade(scratch_database, tickets.migrations, tickets.schema)
     # Decomposed Hangul (as macOS sends it) is stored composed.
-    composed = asyncio.run(run("SELECT subject, tags, building FROM tickets.tickets WHERE number = 9999"))
+    composed = run_sql(
+        scratch_database, "SELECT subject, tags, building FROM tickets.tickets WHERE number = 9999"
+    )
     assert tuple(composed[0]) == ("세면대 누수", ["세면"], "본관")
-    rows = asyncio.run(run("SELECT subject, description, search_terms FROM tickets.tickets"))
+    rows = run_sql(scratch_database, "SELECT subject, description, search_terms FROM tickets.tickets")
     assert len(rows) == 2006
     assert all(row["search_terms"] == search_terms_of(f"{row[0]} {row[1]}") for row in rows)
     assert sum({"acme", "1층"} <= set(row["search_terms"].split()) for row in rows) == 2005
-    comments = asyncio.run(run("SELECT search_terms FROM tickets.comments"))
+    comments = run_sql(scratch_database, "SELECT search_terms FROM tickets.comments")
     assert [row[0] for row in comments] == ["NullPointerException"] * 3
 
 
@@ -158,29 +165,19 @@ def test_tickets_0014_lowers_existing_tags_keeping_each_once(scratch_database):
     tickets = next(spec for spec in STACK if spec.schema == "tickets")
     migrations.upgrade(scratch_database, tickets.migrations, tickets.schema, "0013")
 
-    async def run(*statements: str) -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(plain_dsn(scratch_database))
-        try:
-            for statement in statements[:-1]:
-                await conn.execute(statement)
-            return await conn.fetch(statements[-1])
-        finally:
-            await conn.close()
-
     # More tickets than one batch of the migration (2,000).
-    asyncio.run(
-        run(
-            "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id, tags)"
-            " SELECT gen_random_uuid(), 'acme', n, 'Badge', 'req-1',"
-            " CASE WHEN n % 2 = 0 THEN ARRAY['VIP', 'Lift', 'vip', 'ÜBER', '누수'] ELSE ARRAY['lift'] END"
-            " FROM generate_series(1, 2005) AS n",
-            "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id)"
-            " VALUES (gen_random_uuid(), 'acme', 9999, 'No tags', 'req-1')",
-            "SELECT 1",
-        )
+    run_sql(
+        scratch_database,
+        "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id, tags)"
+        " SELECT gen_random_uuid(), 'acme', n, 'Badge', 'req-1',"
+        " CASE WHEN n % 2 = 0 THEN ARRAY['VIP', 'Lift', 'vip', 'ÜBER', '누수'] ELSE ARRAY['lift'] END"
+        " FROM generate_series(1, 2005) AS n",
+        "INSERT INTO tickets.tickets (id, tenant_id, number, subject, requester_id)"
+        " VALUES (gen_random_uuid(), 'acme', 9999, 'No tags', 'req-1')",
+        "SELECT 1",
     )
     migrations.upgrade(scratch_database, tickets.migrations, tickets.schema)
-    rows = asyncio.run(run("SELECT number, tags, version FROM tickets.tickets"))
+    rows = run_sql(scratch_database, "SELECT number, tags, version FROM tickets.tickets")
     assert len(rows) == 2006
     for number, tags, version in rows:
         expected = [] if number == 9999 else ["vip", "lift", "über", "누수"] if number % 2 == 0 else ["lift"]

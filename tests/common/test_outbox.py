@@ -19,7 +19,14 @@ from services.analytics.settings import Settings as AnalyticsSettings
 from services.tickets import models as ticket_models
 from services.tickets.app import create_app as create_tickets
 from services.tickets.settings import Settings as TicketSettings
-from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
+from tests.conftest import (
+    app_client,
+    auth_headers,
+    settings_for,
+    ticket_created_data,
+    unique_tenant,
+    wait_until,
+)
 
 
 async def stream_count(infra, subject_filter: str) -> int:
@@ -98,7 +105,7 @@ async def test_relay_crash_between_ack_and_mark_republishes_and_the_stream_dedup
                     aggregate="ticket",
                     event="created",
                     aggregate_id=f"agg-{n}",
-                    data=TicketCreated.model_validate(_payload(n)),
+                    data=TicketCreated.model_validate(ticket_created_data(n)),
                 )
                 await record_event(session, ticket_models.outbox, subject, event)
 
@@ -140,7 +147,7 @@ async def test_relay_publishes_in_outbox_order(infra):
                     aggregate="ticket",
                     event="created",
                     aggregate_id="same",
-                    data=TicketCreated.model_validate(_payload(n)),
+                    data=TicketCreated.model_validate(ticket_created_data(n)),
                 )
                 ids.append(str(event.id))
                 await record_event(session, ticket_models.outbox, subject, event)
@@ -214,23 +221,6 @@ async def test_acks_that_never_come_time_out_and_are_released(infra, monkeypatch
         # Closed only once reconnected: closing mid-reconnect can fail on the dead transport.
         await wait_until(_connected(nc), timeout=30)
         await nc.close()
-
-
-def _payload(n: int) -> dict:
-    return {
-        "ticket_id": f"0190f0f0-0000-7000-8000-{n:012d}",
-        "number": n + 1,
-        "subject": f"s{n}",
-        "description": "",
-        "status": "open",
-        "status_category": "open",
-        "priority": "low",
-        "category": None,
-        "requester_id": "r",
-        "assignee_id": None,
-        "created_at": "2026-11-22T10:00:00+00:00",
-        "updated_at": "2026-11-22T10:00:00+00:00",
-    }
 
 
 async def _pending(engine, tenant: str) -> int:

@@ -257,21 +257,15 @@ def test_a_stack_left_by_a_killed_launcher_is_stopped_by_the_next_up_and_down_st
     try:
         came_up(second)
         assert not any(process_running(entry["pid"], entry["command"]) for entry in processes)
-        again = subprocess.run(
-            [sys.executable, "-m", "libs.cli.main", "up"],
-            env=helpdesk_env(infra, home, ports),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+
+        def helpdesk(command: str) -> subprocess.CompletedProcess:
+            environment = helpdesk_env(infra, home, ports)
+            argv = [sys.executable, "-m", "libs.cli.main", command]
+            return subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=200)
+
+        again = helpdesk("up")
         assert again.returncode == 3 and "already runs" in again.stderr, again.stderr
-        down = subprocess.run(
-            [sys.executable, "-m", "libs.cli.main", "down"],
-            env=helpdesk_env(infra, home, ports),
-            capture_output=True,
-            text=True,
-            timeout=200,
-        )
+        down = helpdesk("down")
         assert down.returncode == 0, down.stdout + down.stderr
         assert second.wait(10) == 0
     finally:
