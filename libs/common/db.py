@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import asyncpg
 import pydantic_core
+import sqlalchemy.exc
 import structlog
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, event
@@ -84,7 +85,17 @@ def create_engine(settings: CommonSettings, **overrides: Any) -> AsyncEngine:
     options.update(overrides)
     engine = create_async_engine(async_url(settings.database_url), **options)
     event.listen(engine.sync_engine, "do_connect", _connect_or_unavailable)
+    event.listen(engine.sync_engine, "checkout", _outside_any_transaction)
     return engine
+
+
+def _outside_any_transaction(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """A pooled connection must come out of the pool outside any transaction, whatever put it
+    back: in one, its next user would work inside a transaction nobody commits (writes that
+    vanish, row locks held) or fail to begin its own. SQLAlchemy's reset on return rolls back
+    only transactions it began itself. The pool discards such a connection and takes another."""
+    if dbapi_connection.driver_connection.is_in_transaction():
+        raise sqlalchemy.exc.DisconnectionError("a pooled connection was still inside a transaction")
 
 
 def _connect_or_unavailable(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:

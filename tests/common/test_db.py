@@ -72,3 +72,20 @@ async def test_a_statement_cut_off_by_cancellation_leaves_no_transaction_open(
         async with autocommit_driver_connection(app.state.engine) as raw:
             assert not raw.is_in_transaction()
             assert await raw.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend) == 0
+
+
+async def test_a_connection_put_back_inside_a_transaction_is_never_handed_out(infra) -> None:
+    """Whatever returns a connection to the pool inside a transaction (SQLAlchemy's reset rolls
+    back only its own), the next checkout discards it: no write may run in a transaction nobody
+    commits."""
+    async with one_connection_app(infra) as app:
+        async with app.state.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            backend = await raw.fetchval("SELECT pg_backend_pid()")
+            await raw.execute("BEGIN")  # behind SQLAlchemy's back
+        async with autocommit_driver_connection(app.state.engine) as raw:
+            assert not raw.is_in_transaction()
+            assert await raw.fetchval("SELECT pg_backend_pid()") != backend
+        await asyncio.sleep(0.2)
+        rows = await admin_fetch(infra, "SELECT state FROM pg_stat_activity WHERE pid = $1", backend)
+        assert rows == []
