@@ -73,12 +73,10 @@ INTERNAL_KEYS = ("priority_rank", "due_sort", "rank")
 SettingKey = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
 
 
-def etag(ticket: dict[str, Any]) -> str:
-    return f'W/"{ticket["version"]}"'
-
-
 def _ticket_response(ticket: dict[str, Any], status_code: int = 200, **headers: str) -> FastJSONResponse:
-    return FastJSONResponse(ticket, status_code=status_code, headers={"ETag": etag(ticket), **headers})
+    return FastJSONResponse(
+        ticket, status_code=status_code, headers={"ETag": service.etag(ticket), **headers}
+    )
 
 
 # -- workflow settings (declared before /{ticket_id} so those paths are not taken for ids) -------
@@ -212,10 +210,30 @@ async def _store_for_replay(
         await store_response(session, idempotency_keys, identity.tenant, key, 201, jsonable(created))
 
 
-@router.get("/{ticket_id}", response_model=TicketRead)
-async def get_ticket(ticket_id: UUID, session: TenantSessionDep, identity: IdentityDep) -> FastJSONResponse:
-    """One ticket with its latest AI summary (requesters: only their own)."""
-    return _ticket_response(await service.get_ticket(session, identity, ticket_id))
+@router.get(
+    "/{ticket_id}",
+    response_model=TicketRead,
+    responses={304: {"description": "Not Modified: an ETag in If-None-Match is the current one"}},
+)
+async def get_ticket(
+    ticket_id: UUID, request: Request, session: TenantSessionDep, identity: IdentityDep
+) -> Response:
+    """One ticket with its latest AI summary (requesters: only their own). With `If-None-Match`
+    holding its current ETag, a 304 without a body (a client's cached copy is still current)."""
+    ticket = await service.get_ticket(session, identity, ticket_id)
+    current = service.etag(ticket)
+    if _none_match(request, current):
+        return Response(status_code=304, headers={"ETag": current})
+    return FastJSONResponse(ticket, headers={"ETag": current})
+
+
+def _none_match(request: Request, current: str) -> bool:
+    """Whether `If-None-Match` names the current ETag, or is `*` (RFC 9110: compared weakly)."""
+    values = request.headers.getlist("if-none-match")
+    if not values:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in ",".join(values).split(",")}
+    return "*" in tags or current.removeprefix("W/") in tags
 
 
 @router.get("/{ticket_id}/similar", response_model=Page[SimilarTicket])
@@ -228,7 +246,8 @@ async def similar_tickets(
     return FastJSONResponse({"items": items, "next_cursor": None})
 
 
-_ETAG = re.compile(r'\s*(?:W/)?"(\d{1,9})"\s*')
+# The version, and the summary stamp a read's ETag may carry (not compared: see service.etag).
+_ETAG = re.compile(r'\s*(?:W/)?"(\d{1,9})(?:-[0-9a-f]{8})?"\s*')
 MAX_IF_MATCH_ETAGS = 20
 
 

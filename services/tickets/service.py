@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -10,6 +11,7 @@ from uuid import UUID
 
 import structlog
 from pydantic import BaseModel
+from pydantic_core import to_json
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity
@@ -447,6 +449,20 @@ async def _lock_visible(session: AsyncSession, identity: Identity, ticket_id: UU
     return ticket
 
 
+def etag(ticket: dict[str, Any]) -> str:
+    """`W/"<version>"`, or `W/"<version>-<summary stamp>"` once an AI summary is stored.
+
+    A summary changes what a read returns without bumping the version (see summaries.py), so a
+    cached copy validated by the version alone would keep an old summary. `If-Match` compares
+    only the version: an edit never fails because an AI finished meanwhile.
+    """
+    summary = ticket.get("summary")
+    if not summary:
+        return f'W/"{ticket["version"]}"'
+    stamp = hashlib.blake2b(to_json(summary), digest_size=4).hexdigest()
+    return f'W/"{ticket["version"]}-{stamp}"'
+
+
 async def update_ticket(
     session: AsyncSession,
     identity: Identity,
@@ -464,7 +480,7 @@ async def update_ticket(
             f"ticket changed since you read it (version {ticket['version']}, If-Match {sent}); "
             "read it again and retry",
             type_="https://helpdesk.dev/problems/stale-version",
-            headers={"ETag": f'W/"{ticket["version"]}"'},
+            headers={"ETag": etag(ticket)},
         )
     requested = {field: getattr(data, field) for field in data.model_fields_set}
     if not is_staff(identity):

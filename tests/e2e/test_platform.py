@@ -81,6 +81,11 @@ async def test_ticket_created_through_the_gateway_is_counted_by_analytics(runnin
         assert created.headers["x-request-id"]
         read = await client.get(f"/api/v1/tickets/{created.json()['id']}", headers=headers)
         assert read.json()["subject"] == "지하 주차장 누수"
+        # A cached copy revalidated through the gateway: 304, no body.
+        cached = headers | {"If-None-Match": read.headers["etag"], "Accept-Encoding": "gzip"}
+        revalidated = await client.get(f"/api/v1/tickets/{created.json()['id']}", headers=cached)
+        assert revalidated.status_code == 304 and revalidated.content == b""
+        assert revalidated.headers["etag"] == read.headers["etag"]
 
         async def counted() -> bool:
             overview = (await client.get("/api/v1/analytics/overview", headers=headers)).json()

@@ -237,3 +237,25 @@ async def test_created_ticket_and_its_event_commit_together(tickets, infra):
     assert row.payload["type"] == "helpdesk.tickets.ticket.created.v1"
     assert row.payload["data"]["subject"] == "evt"
     assert row.payload["tenant"] == tenant
+
+
+async def test_a_read_revalidated_with_its_current_etag_is_a_304_without_a_body(tickets, infra):
+    tenant = unique_tenant()
+    agent = auth_headers(infra, tenant, ["agent"])
+    created = await tickets.post("/api/v1/tickets", json={"subject": "조명 고장"}, headers=agent)
+    url = f"/api/v1/tickets/{created.json()['id']}"
+    read = await tickets.get(url, headers=agent)
+    assert read.headers["etag"] == 'W/"1"'
+    # Compared weakly (RFC 9110): the strong form, a list and * name it too.
+    for tags in ('W/"1"', '"1"', 'W/"0", W/"1"', "*"):
+        response = await tickets.get(url, headers=agent | {"If-None-Match": tags})
+        assert (response.status_code, response.content) == (304, b""), tags
+        assert response.headers["etag"] == 'W/"1"'
+    changed = await tickets.patch(url, json={"priority": "high"}, headers=agent | {"If-Match": 'W/"1"'})
+    assert changed.status_code == 200, changed.text
+    stale = await tickets.get(url, headers=agent | {"If-None-Match": 'W/"1"'})
+    assert stale.status_code == 200 and stale.json()["priority"] == "high"
+    assert stale.headers["etag"] == 'W/"2"'
+    # Revalidation tells nothing to whoever may not read the ticket.
+    other = auth_headers(infra, unique_tenant(), ["agent"])
+    assert (await tickets.get(url, headers=other | {"If-None-Match": "*"})).status_code == 404

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -153,7 +154,9 @@ async def test_completed_summary_is_shown_on_the_ticket_without_a_new_version(ha
     assert row["updated_at"] == T0
 
 
-async def test_ticket_read_shows_summary_and_suggestions_with_the_same_etag(infra, harness: Harness) -> None:
+async def test_a_summary_renews_the_reads_etag_but_an_edit_with_the_old_one_still_saves(
+    infra, harness: Harness
+) -> None:
     tenant = unique_tenant("sum")
     headers = auth_headers(infra, tenant, ["agent"])
     ticket = await create_ticket(harness.client, headers, subject="Elevator stuck on floor 3")
@@ -169,11 +172,24 @@ async def test_ticket_read_shows_summary_and_suggestions_with_the_same_etag(infr
     assert summary["summary"] == "Elevator stuck on floor 3."
     assert (summary["suggested_category"], summary["suggested_priority"]) == ("elevator", "high")
     assert summary["key_points"] == ["elevator stuck", "floor 3"]
-    assert after.headers["etag"] == before.headers["etag"]
+    # The body changed, so must the ETag (a cached copy would keep no summary); same version.
+    assert before.headers["etag"] == 'W/"1"'
+    assert re.fullmatch(r'W/"1-[0-9a-f]{8}"', after.headers["etag"]), after.headers["etag"]
+    url = f"/api/v1/tickets/{ticket['id']}"
+    stale = await harness.client.get(url, headers=headers | {"If-None-Match": before.headers["etag"]})
+    assert stale.status_code == 200 and stale.json()["summary"] is not None
+    current = await harness.client.get(url, headers=headers | {"If-None-Match": after.headers["etag"]})
+    assert current.status_code == 304 and current.content == b""
+    assert current.headers["etag"] == after.headers["etag"]
     # An agent who read the ticket before the summary arrived can still save their edit.
     response = await patch_ticket(harness.client, headers, ticket, priority="urgent")
     assert response.status_code == 200, response.text
     assert response.json()["summary"]["summary"] == "Elevator stuck on floor 3."
+    # And the ETag read with the summary is as good in If-Match.
+    edit = headers | {"If-Match": response.headers["etag"]}
+    again = await harness.client.patch(url, json={"priority": "low"}, headers=edit)
+    assert again.status_code == 200, again.text
+    assert again.headers["etag"].startswith('W/"3-')
 
 
 async def test_newer_summary_replaces_and_older_one_is_ignored(harness: Harness) -> None:
