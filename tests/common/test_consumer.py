@@ -65,11 +65,16 @@ def make_runner(infra, nc, engine, tenant: str, runner_class=ConsumerRunner, **o
     )
 
 
-async def publish_ticket_created(nc, tenant: str, subject_text: str) -> CloudEvent:
+def ticket_created_event(tenant: str, subject_text: str = "s0") -> tuple[str, CloudEvent]:
+    """(subject, event) of a ticket.created event of `tenant`."""
     payload = TicketCreated.model_validate(ticket_created_data(subject=subject_text))
-    subject, event = build_event(
+    return build_event(
         service="tickets", tenant=tenant, aggregate="ticket", event="created", aggregate_id="t1", data=payload
     )
+
+
+async def publish_ticket_created(nc, tenant: str, subject_text: str) -> CloudEvent:
+    subject, event = ticket_created_event(tenant, subject_text)
     await nc.jetstream().publish(
         subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.id)}
     )
@@ -206,15 +211,7 @@ async def test_an_envelope_contradicting_its_subject_is_dead_lettered_not_applie
     try:
         await ensure_stream(nc.jetstream(), "TICKETS", CommonSettings())
         runner = make_runner(infra, nc, test_db, tenant)
-        subject = f"tickets.{tenant}.ticket.created"
-        _, event = build_event(
-            service="tickets",
-            tenant=tenant,
-            aggregate="ticket",
-            event="created",
-            aggregate_id="t1",
-            data=TicketCreated.model_validate(ticket_created_data()),
-        )
+        subject, event = ticket_created_event(tenant)
         for lie in ({"type": "helpdesk.tickets.ticket.exploded.v9"}, {"tenant": other}):
             forged = event.model_copy(update={"id": uuid.uuid4(), **lie})
             await nc.jetstream().publish(subject, forged.model_dump_json().encode())
