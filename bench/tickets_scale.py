@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -50,6 +51,8 @@ from bench.tickets_api import REQUEST_TIMEOUT_S, BenchError, percentile, summari
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WARMUP_S = 3.0
 SETTLE_S = 5.0
+# Written beside the data after seeding, so that --data can reuse a kept run.
+SEED_FILE = "seed.json"
 TOKENS_ENV = "HELPDESK_BENCH_TOKENS"  # the worker gets tokens by environment, not on its command line
 BUDGET = {"list_p99_ms": 30.0, "search_p99_ms": 150.0, "read_p99_ms": 10.0, "create_p99_ms": 30.0}
 GATEWAY_CREATE_RPS_BUDGET = 700.0
@@ -451,7 +454,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     from libs.common.stack import SERVICES, STACK
 
-    workdir = Path(tempfile.mkdtemp(prefix="helpdesk-bench-scale-"))
+    reused = args.data is not None
+    workdir = Path(args.data) if reused else Path(tempfile.mkdtemp(prefix="helpdesk-bench-scale-"))
+    if reused and not (workdir / SEED_FILE).exists():
+        raise BenchError(f"{workdir} holds no data kept by a complete run (no {SEED_FILE})")
     print(f"work directory {workdir}", flush=True)
     secrets_ = Secrets.load_or_create(workdir / "secrets.json")
     stack = Stack(database_url="", nats_url="", ports={spec.name: free_port() for spec in STACK})
@@ -464,14 +470,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.nats_url = stack.nats.url
         print(f"PostgreSQL :{stack.postgres.port}, NATS :{stack.nats.port}; migrating ...", flush=True)
         migrate(stack.database_url, secrets_)
-        tenants = seed_tickets.default_tenants(args.tenants)
-        print(f"seeding {args.tickets} tickets, {2 * args.tickets} comments over {len(tenants)} tenants ...")
-        seed = asyncio.run(seed_tickets.seed(stack.database_url, tickets=args.tickets, tenants=tenants))
-        print(f"seeded in {seed.seconds} s {seed.phases}", flush=True)
+        if reused:
+            seed = seed_tickets.SeedResult(**json.loads((workdir / SEED_FILE).read_text()))
+            tenants = seed.tenants
+            print(f"reusing {seed.tickets} tickets, {seed.comments} comments (seeded in {seed.seconds} s)")
+        else:
+            tenants = seed_tickets.default_tenants(args.tenants)
+            what = f"{args.tickets} tickets, {2 * args.tickets} comments over {len(tenants)} tenants"
+            print(f"seeding {what} ...")
+            seed = asyncio.run(seed_tickets.seed(stack.database_url, tickets=args.tickets, tenants=tenants))
+            print(f"seeded in {seed.seconds} s {seed.phases}", flush=True)
+            (workdir / SEED_FILE).write_text(json.dumps(dataclasses.asdict(seed)))
         samples = asyncio.run(collect_samples(stack.database_url, tenants))
 
         log_dir = workdir / "logs"
-        log_dir.mkdir()
+        log_dir.mkdir(exist_ok=True)
         for name in ("tickets", "gateway"):
             env = service_environment(stack, SERVICES[name], secrets_, {"HELPDESK_LOG_LEVEL": "WARNING"})
             stack.services.append(start_service(stack, SERVICES[name], env, log_dir))
@@ -524,7 +537,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         print("stopping ...", flush=True)
         stack.stop()
-        if args.keep:
+        if args.keep or reused:
             print(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -551,6 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--details", default=None, help="write per-request-kind stats to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="run the phases on the data of an earlier run kept with --keep (no seeding; "
+        "creates of earlier runs stay)",
+    )
     args = parser.parse_args(argv)
     args.phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
     if args.tickets < 10 or args.seconds <= 0 or args.concurrency < 1 or args.warmup < 0 or args.tenants < 1:
