@@ -210,6 +210,9 @@ def create_service_app(definition: ServiceDefinition) -> FastAPI:
             for job_task in jobs:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(job_task, timeout=10)
+            # Still connecting: nats-py retries a first connect forever on its own, so waiting for
+            # it would keep a stopping process alive while the broker is away (until killed).
+            starter.cancel()
             with contextlib.suppress(BaseException):
                 await starter
             await messaging.shutdown()

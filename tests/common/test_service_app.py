@@ -13,6 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import text
 
 from libs.common.db import SessionDep, create_engine, finish_read_only_transactions, plain_dsn
+from libs.common.launcher import free_port
 from libs.common.service_app import GC_YOUNG_THRESHOLD, ServiceDefinition, create_service_app
 from libs.common.settings import CommonSettings
 from tests.conftest import app_client, auth_headers, settings_for
@@ -239,6 +240,20 @@ async def test_readyz_is_503_while_nats_does_not_answer(client, infra):
     assert response.status_code == 503, response.text
     assert response.json()["checks"] == {"database": True, "nats": False}
     await wait_until(ready)
+
+
+async def test_a_service_stops_promptly_while_nats_is_still_unreachable(infra):
+    """A service that never reached NATS is stopped (SIGTERM): nats-py retries its first connect
+    forever, and the shutdown used to wait for that connect, so the process hung until killed."""
+    settings = settings_for(infra, CommonSettings, "analytics", nats_url=f"nats://127.0.0.1:{free_port()}")
+    app = create_service_app(ServiceDefinition(name="probe", settings=settings, routers=[]))
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    await asyncio.sleep(1.5)  # inside the client's own retries by now (every 0.5 s)
+    assert app.state.nats is None
+    started = time.monotonic()
+    await asyncio.wait_for(lifespan.__aexit__(None, None, None), timeout=15)
+    assert time.monotonic() - started < 5
 
 
 async def test_readyz_is_503_when_the_database_is_unreachable(infra):
