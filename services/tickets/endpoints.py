@@ -563,9 +563,10 @@ async def list_tickets(
     if len(rows) > limit:
         rows = rows[:limit]
         next_cursor = _encode_list_cursor(rows[-1], sort_order)
+    highlighter = search.Highlighter(q) if q is not None else None
     for row in rows:
-        if q is not None:
-            row["highlight"] = search.highlight(q, row["subject"], row["description"])
+        if highlighter is not None:
+            row["highlight"] = highlighter.snippet(row["subject"], row["description"])
         for key in INTERNAL_KEYS:
             if key in row and key != "rank":
                 del row[key]

@@ -31,7 +31,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
-from libs.common.db import autocommit_driver_connection, engine_of, fetch_all, rows_as_dicts
+from libs.common.db import (
+    autocommit_driver_connection,
+    driver_connection,
+    engine_of,
+    fetch_all,
+    rows_as_dicts,
+)
 from libs.common.events import CloudEvent
 from libs.common.outbox import outbox_row_cte, outbox_row_params
 from services.tickets import search
@@ -405,7 +411,7 @@ async def list_tickets(
         # A search's best plan depends on how common its terms are (walk the newest rows, or
         # read the matches from the GIN index). A prepared statement's generic plan cannot know,
         # and after five runs PostgreSQL would use it for every term (seconds for a rare one).
-        await (await session.connection()).exec_driver_sql(_CUSTOM_PLANS)
+        await (await driver_connection(session)).execute(_CUSTOM_PLANS)
     return await fetch_all(session, query, **params)
 
 

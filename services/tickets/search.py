@@ -189,24 +189,32 @@ def rank(tickets: Table) -> ColumnElement:
     return func.ts_rank(tickets.c.search_vector, _tsquery()).cast(Float)
 
 
-def highlight(q: str, *texts: str) -> str | None:
-    """A short snippet around the first match, HTML-escaped, matches wrapped in <mark>."""
-    terms = _TOKEN.findall(q)
-    if not terms:
+class Highlighter:
+    """Snippets of a result page for one query: the pattern is built once per page, not per
+    ticket (it was ~0.5 ms of a 50-ticket search)."""
+
+    def __init__(self, q: str) -> None:
+        terms = sorted(set(_TOKEN.findall(q)), key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, terms)), re.IGNORECASE) if terms else None
+
+    def snippet(self, *texts: str | None) -> str | None:
+        """A short snippet around the first match, HTML-escaped, matches wrapped in <mark>."""
+        if self._pattern is None:
+            return None
+        for text in texts:
+            found = self._pattern.search(text or "")
+            if not found:
+                continue
+            start = max(0, found.start() - SNIPPET_CHARS // 3)
+            snippet = text[start : start + SNIPPET_CHARS]
+            marked = self._pattern.sub(_mark, snippet)
+            escaped = html.escape(marked).replace("\x00", "<mark>").replace("\x01", "</mark>")
+            return ("…" if start > 0 else "") + escaped + ("…" if start + SNIPPET_CHARS < len(text) else "")
         return None
-    pattern = re.compile(
-        "|".join(re.escape(term) for term in sorted(terms, key=len, reverse=True)), re.IGNORECASE
-    )
-    for text in texts:
-        found = pattern.search(text or "")
-        if not found:
-            continue
-        start = max(0, found.start() - SNIPPET_CHARS // 3)
-        snippet = text[start : start + SNIPPET_CHARS]
-        marked = pattern.sub(lambda m: f"\x00{m.group(0)}\x01", snippet)
-        escaped = html.escape(marked).replace("\x00", "<mark>").replace("\x01", "</mark>")
-        return ("…" if start > 0 else "") + escaped + ("…" if start + SNIPPET_CHARS < len(text) else "")
-    return None
+
+
+def _mark(match: re.Match) -> str:
+    return f"\x00{match.group(0)}\x01"  # control characters: they cannot survive html.escape
 
 
 SIMILAR_LIMIT = 10
