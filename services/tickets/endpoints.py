@@ -311,8 +311,15 @@ async def restore_ticket(
 async def merge_ticket(
     ticket_id: UUID, data: MergeRequest, session: TenantSessionDep, identity: IdentityDep
 ) -> FastJSONResponse:
-    """Merge this ticket into another: comments and attachments move, this one closes and points there."""
-    return _ticket_response(await service.merge_ticket(session, identity, ticket_id, data.into_ticket_id))
+    """Merge this ticket into another: comments and attachments move, this one closes and points there.
+
+    If the other ticket has another requester, the moved public replies become internal notes and
+    the attachments not on a comment stay here, unless `keep_public_comments` is true.
+    """
+    merged = await service.merge_ticket(
+        session, identity, ticket_id, data.into_ticket_id, keep_public_comments=data.keep_public_comments
+    )
+    return _ticket_response(merged)
 
 
 @router.get("/{ticket_id}/comments", response_model=Page[CommentRead])

@@ -110,6 +110,8 @@ class TicketMerged(BaseModel):
     into_ticket_id: UUID
     actor_id: str
     moved_comments: int
+    # Public replies made internal notes by the move (the requesters differ).
+    made_internal: int = 0
     ticket: TicketSnapshot
 
 

@@ -586,12 +586,27 @@ async def move_comments(session: AsyncSession, tenant_id: str, from_ticket: str,
     return result.rowcount
 
 
-async def move_attachments(session: AsyncSession, tenant_id: str, from_ticket: str, to_ticket: str) -> int:
+async def make_comments_internal(session: AsyncSession, tenant_id: str, ticket_id: str) -> int:
     result = await session.execute(
-        update(attachments)
-        .where(attachments.c.tenant_id == tenant_id, attachments.c.ticket_id == UUID(from_ticket))
-        .values(ticket_id=UUID(to_ticket))
+        update(comments)
+        .where(
+            comments.c.tenant_id == tenant_id,
+            comments.c.ticket_id == UUID(ticket_id),
+            comments.c.visibility == "public",
+        )
+        .values(visibility="internal")
     )
+    return result.rowcount
+
+
+async def move_attachments(
+    session: AsyncSession, tenant_id: str, from_ticket: str, to_ticket: str, *, only_on_comments: bool = False
+) -> int:
+    """Attachments follow their ticket; `only_on_comments` leaves those not on a comment behind."""
+    where = [attachments.c.tenant_id == tenant_id, attachments.c.ticket_id == UUID(from_ticket)]
+    if only_on_comments:
+        where.append(attachments.c.comment_id.is_not(None))
+    result = await session.execute(update(attachments).where(*where).values(ticket_id=UUID(to_ticket)))
     return result.rowcount
 
 

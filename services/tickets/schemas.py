@@ -276,6 +276,12 @@ class HistoryEntry(BaseModel):
 
 class MergeRequest(_Request):
     into_ticket_id: UUID
+    keep_public_comments: bool = Field(
+        default=False,
+        description="When the two tickets have different requesters, the moved public replies become "
+        "internal notes (and attachments not on a comment stay on this ticket), so that one "
+        "requester never sees another's conversation; true keeps them visible to the target's requester",
+    )
 
 
 class StatusCreate(_Request):

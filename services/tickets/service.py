@@ -718,9 +718,19 @@ async def list_history(
 
 
 async def merge_ticket(
-    session: AsyncSession, identity: Identity, ticket_id: UUID, into_id: UUID
+    session: AsyncSession,
+    identity: Identity,
+    ticket_id: UUID,
+    into_id: UUID,
+    *,
+    keep_public_comments: bool = False,
 ) -> dict[str, Any]:
-    """Move the ticket's comments and attachments to `into_id`, close it and point it there."""
+    """Move the ticket's comments and attachments to `into_id`, close it and point it there.
+
+    Between tickets of different requesters the target's requester would see the other's
+    replies and files: the public replies become internal notes and the attachments not on a
+    comment stay on the merged ticket (which agents still reach), unless `keep_public_comments`.
+    """
     if not is_staff(identity):
         raise _forbidden("only agents and admins merge tickets")
     if ticket_id == into_id:
@@ -742,8 +752,14 @@ async def merge_ticket(
                 f"ticket #{ticket['number']} is already merged into {ticket['merged_into_id']}",
             )
     now = datetime.now(UTC)
+    private = source["requester_id"] != target["requester_id"] and not keep_public_comments
+    made_internal = (
+        await repository.make_comments_internal(session, identity.tenant, source["id"]) if private else 0
+    )
     moved = await repository.move_comments(session, identity.tenant, source["id"], target["id"])
-    await repository.move_attachments(session, identity.tenant, source["id"], target["id"])
+    await repository.move_attachments(
+        session, identity.tenant, source["id"], target["id"], only_on_comments=private
+    )
     changes = {
         **_workflow_timestamps(source, Workflow([]).get("closed"), now),
         "merged_into_id": target["id"],
@@ -771,6 +787,7 @@ async def merge_ticket(
             into_ticket_id=target["id"],
             actor_id=identity.user_id,
             moved_comments=moved,
+            made_internal=made_internal,
             ticket=snapshot(merged),
         ),
     )

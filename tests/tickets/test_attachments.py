@@ -23,6 +23,8 @@ from services.tickets.attachments.service import normalize_content_type, sanitiz
 from services.tickets.attachments.sweeper import SWEEP_LOCK_KEY, sweep_if_first, sweep_orphans
 from services.tickets.settings import Settings
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant, wait_until
+from tests.tickets.helpers import add_comment, admin_fetch
+from tests.tickets.helpers import create_ticket as api_create_ticket
 from tests.tickets.test_blobstore import object_keys, pending_uploads, run_s3_server
 
 MAX_BYTES = 200_000
@@ -647,3 +649,72 @@ async def test_the_service_sweeps_on_its_own(infra, admin_db, tmp_path):
             return not orphan.exists()
 
         await wait_until(swept, timeout=15)
+
+
+def requesters_and_agent(infra) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Headers of alice and bob (requesters) and an agent, in a new tenant."""
+    tenant = unique_tenant()
+    people = [(["requester"], "alice"), (["requester"], "bob"), (["agent"], "agent-1")]
+    alice, bob, agent = (auth_headers(infra, tenant, roles, user) for roles, user in people)
+    return alice, bob, agent
+
+
+async def attachment_ids(client, ticket_id: str, headers: dict[str, str]) -> list[str]:
+    return [a["id"] for a in (await client.get(url(ticket_id), headers=headers)).json()["items"]]
+
+
+async def test_a_merge_across_requesters_keeps_their_replies_and_files_private(client, infra):
+    """Merging alice's ticket into bob's must not show bob alice's conversation: the public replies
+    become internal notes and her loose files stay on her (merged) ticket, where agents find them."""
+    alice, bob, agent = requesters_and_agent(infra)
+    alices = await api_create_ticket(client, alice, subject="water dripping from the ceiling in 301")
+    bobs = await api_create_ticket(client, bob, subject="ceiling leak on the 3rd floor")
+    reply = await add_comment(client, agent, alices["id"], "Alice, the plumber comes to unit 301 at 3pm")
+    invoice = (await upload(client, alices["id"], agent, b"invoice", data={"comment_id": reply["id"]})).json()
+    photo = (await upload(client, alices["id"], alice, b"photo of alice's ceiling")).json()
+
+    merged = await client.post(
+        f"/api/v1/tickets/{alices['id']}/merge", json={"into_ticket_id": bobs["id"]}, headers=agent
+    )
+    assert merged.status_code == 200, merged.text
+
+    comments_url = f"/api/v1/tickets/{bobs['id']}/comments"
+    assert (await client.get(comments_url, headers=bob)).json()["items"] == []
+    as_agent = (await client.get(comments_url, headers=agent)).json()["items"]
+    assert [(c["body"], c["visibility"]) for c in as_agent] == [(reply["body"], "internal")]
+    assert (await client.get(url(bobs["id"]), headers=bob)).json()["items"] == []
+    assert await attachment_ids(client, bobs["id"], agent) == [invoice["id"]]
+    assert await attachment_ids(client, alices["id"], agent) == [photo["id"]]
+    searched = await client.get("/api/v1/tickets", params={"q": "plumber"}, headers=bob)
+    assert searched.json()["items"] == []
+    events = await admin_fetch(
+        infra,
+        "SELECT (payload->'data'->>'moved_comments')::int AS moved,"
+        " (payload->'data'->>'made_internal')::int AS made_internal FROM tickets.outbox"
+        " WHERE aggregate_id = $1 "
+        "AND payload->>'type' = 'helpdesk.tickets.ticket.merged.v1'",
+        alices["id"],
+    )
+    assert [(e["moved"], e["made_internal"]) for e in events] == [(1, 1)]
+
+
+async def test_a_merge_across_requesters_may_keep_the_replies_public(client, infra):
+    alice, bob, agent = requesters_and_agent(infra)
+    alices = await api_create_ticket(client, alice, subject="lobby lights flicker")
+    bobs = await api_create_ticket(client, bob, subject="lobby lights off")
+    reply = await add_comment(client, agent, alices["id"], "The electrician checks the whole lobby today")
+    note = await add_comment(client, agent, alices["id"], "breaker 4 again", "internal")
+    photo = (await upload(client, alices["id"], alice, b"photo of the lobby")).json()
+
+    merged = await client.post(
+        f"/api/v1/tickets/{alices['id']}/merge",
+        json={"into_ticket_id": bobs["id"], "keep_public_comments": True},
+        headers=agent,
+    )
+    assert merged.status_code == 200, merged.text
+    as_bob = (await client.get(f"/api/v1/tickets/{bobs['id']}/comments", headers=bob)).json()["items"]
+    assert [c["id"] for c in as_bob] == [reply["id"]]  # the internal note stays internal
+    assert note["id"] not in [c["id"] for c in as_bob]
+    assert [a["id"] for a in (await client.get(url(bobs["id"]), headers=bob)).json()["items"]] == [
+        photo["id"]
+    ]
