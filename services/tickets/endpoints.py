@@ -526,7 +526,9 @@ async def list_tickets(
     """Tickets of the caller's tenant: filter, search, sort, cursor-paginate.
 
     Custom fields filter as `cf.<name>=<value>`. With `q`, results are ranked by relevance
-    (unless another sort is asked for) and carry a highlighted snippet.
+    (unless another sort is asked for) and carry a highlighted snippet. When the tickets holding
+    every term in their text or in one comment fit on the first page, tickets holding the terms
+    only across their text and comments follow them (relevance order).
     """
     query = parse_query(request, TicketListQuery)
     q, limit, assignee = query.q, query.limit, query.assignee
@@ -570,6 +572,18 @@ async def list_tickets(
     if len(rows) > limit:
         rows = rows[:limit]
         next_cursor = _encode_list_cursor(rows[-1], sort_order)
+    elif (
+        q
+        and sort_field == "relevance"
+        and after is None
+        and len(rows) < limit
+        and len(search.term_queries(q)) > 1
+    ):
+        # The full matches fit on this page: after them come tickets holding the terms only
+        # across their text and comments, newest first, as many as fit (no further page).
+        rows += await service.list_split_matches(
+            session, identity, filters, limit=limit - len(rows), exclude_ids=[row["id"] for row in rows]
+        )
     highlighter = search.Highlighter(q) if q is not None else None
     for row in rows:
         if highlighter is not None:

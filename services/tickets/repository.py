@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -337,11 +338,23 @@ _LIST_QUERY_CACHE_SIZE = 1024
 
 def _list_query(filters: TicketFilters, sort: Sort, own_only: bool, after: bool) -> Select:
     """The prepared SELECT for this combination of filters and sort (cached per shape)."""
-    key = _shape(filters, sort, own_only, after)
+    return _cached_query(
+        _shape(filters, sort, own_only, after), lambda: _build_list_query(filters, sort, own_only, after)
+    )
+
+
+def _cached_query(key: tuple, build: Callable[[], Select]) -> Select:
     query = _LIST_QUERIES.get(key)
     if query is not None:
         _LIST_QUERIES.move_to_end(key)
         return query
+    query = _LIST_QUERIES[key] = build()
+    if len(_LIST_QUERIES) > _LIST_QUERY_CACHE_SIZE:
+        _LIST_QUERIES.popitem(last=False)
+    return query
+
+
+def _build_list_query(filters: TicketFilters, sort: Sort, own_only: bool, after: bool) -> Select:
     where = _conditions(filters, own_only)
     if after:
         where.append(_keyset_condition(sort))
@@ -352,11 +365,7 @@ def _list_query(filters: TicketFilters, sort: Sort, own_only: bool, after: bool)
         "priority": [tickets.c.priority_rank],
         "relevance": [search.rank(tickets).label("rank")],
     }.get(sort.field, [])
-    query = select(*TICKET_COLUMNS, *extra).where(and_(*where)).order_by(*order).limit(bindparam("limit"))
-    _LIST_QUERIES[key] = query
-    if len(_LIST_QUERIES) > _LIST_QUERY_CACHE_SIZE:
-        _LIST_QUERIES.popitem(last=False)
-    return query
+    return select(*TICKET_COLUMNS, *extra).where(and_(*where)).order_by(*order).limit(bindparam("limit"))
 
 
 def _json_scalar(text: str) -> Any:
@@ -416,6 +425,47 @@ async def list_tickets(
 
 
 _CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+
+def _build_split_query(unsearched: TicketFilters, own_only: bool) -> Select:
+    where = _conditions(unsearched, own_only)
+    narrowed = len(where) > 2 or unsearched.deleted  # as for the full matches (`_conditions`)
+    where.append(
+        search.split_matches(
+            tickets, ticket_conditions=list(where), public_comments_only=own_only, narrowed=narrowed
+        )
+    )
+    where.append(tickets.c.id != func.all(bindparam("exclude_ids", type_=ARRAY(tickets.c.id.type))))
+    return (
+        select(*TICKET_COLUMNS, search.rank(tickets).label("rank"))
+        .where(and_(*where))
+        .order_by(tickets.c.created_at.desc(), tickets.c.id.desc())
+        .limit(bindparam("limit"))
+    )
+
+
+async def list_split_matches(
+    session: AsyncSession,
+    tenant_id: str,
+    filters: TicketFilters,
+    *,
+    limit: int,
+    exclude_ids: list[str],
+    own_requester_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Tickets matching the search only across their text and comments (`search.split_matches`),
+    newest first, leaving out `exclude_ids` (the full matches already shown). For a search with
+    several terms; `_CUSTOM_PLANS` is already set by the `list_tickets` before it."""
+    unsearched = replace(filters, q=None)
+    own_only = own_requester_id is not None
+    key = ("split", _shape(unsearched, Sort(), own_only, False))
+    query = _cached_query(key, lambda: _build_split_query(unsearched, own_only))
+    params = _filter_params(unsearched)
+    params.update(search.params(filters.q or ""), **search.split_params(filters.q or ""))
+    params.update(
+        tenant_id=tenant_id, own_requester_id=own_requester_id, limit=limit, exclude_ids=exclude_ids
+    )
+    return await fetch_all(session, query, **params)
 
 
 _GET_TICKET = select(*TICKET_COLUMNS).where(

@@ -22,6 +22,7 @@ from sqlalchemy import (
     cast,
     func,
     literal_column,
+    or_,
     select,
     union,
 )
@@ -93,10 +94,11 @@ def _addresses_in(text: str) -> list[str]:
     return [run for run in runs if "." in run and len(run) <= 320 and _ADDRESS.fullmatch(run)]
 
 
-def tsquery_text(q: str) -> str | None:
-    """`to_tsquery('simple', ...)` text: every term must match. Korean terms match anywhere in a
-    word (the phrase of their bigrams); other words match whole, the last one also as a prefix
-    (search as you type: "vpn disc" finds "VPN disconnects"). None when q has no searchable term.
+def term_queries(q: str) -> list[str]:
+    """`to_tsquery('simple', ...)` text of each term of q; a ticket must match them all.
+
+    Korean terms match anywhere in a word (the phrase of their bigrams); other words match whole,
+    the last one also as a prefix (search as you type: "vpn disc" finds "VPN disconnects").
 
     Why not every word as a prefix, and why the extra alternative for a lone Korean term: a GIN
     index skips through the posting lists of terms every match must contain and has to read all
@@ -128,11 +130,22 @@ def tsquery_text(q: str) -> str | None:
             terms.append(f"'{token}':*")
         else:  # whole words; a short prefix would expand to a large share of the vocabulary
             terms.append(f"'{token}'")
+    return terms
+
+
+def tsquery_text(q: str) -> str | None:
+    """The whole query: every term must match. None when q has no searchable term."""
+    terms = term_queries(q)
     return " & ".join(f"({term})" for term in terms) if terms else None
 
 
 def params(q: str) -> dict[str, Any]:
     return {"q_tsquery": tsquery_text(q) or ""}
+
+
+def split_params(q: str) -> dict[str, Any]:
+    terms = term_queries(q)
+    return {"q_terms": terms, "q_any": " | ".join(f"({term})" for term in terms)}
 
 
 def _tsquery() -> ColumnElement:
@@ -182,6 +195,53 @@ def matches(
     # The cast makes it an array expression (PostgreSQL reads `= ANY ((SELECT ...))` as a sublink).
     hit_ids = cast(select(func.array_agg(hits.c.id)).scalar_subquery(), ARRAY(tickets.c.id.type))
     return tickets.c.id == func.any(hit_ids)
+
+
+def split_matches(
+    tickets: Table, *, ticket_conditions: list[ColumnElement], public_comments_only: bool, narrowed: bool
+) -> ColumnElement:
+    """Tickets where each term is in the ticket's text or in one of its comments, though no one
+    place holds them all ("elevator" in the subject, "noise" in a reply).
+
+    Such a ticket has a comment matching some term, so the candidates are the tickets of the
+    newest MAX_HITS comments matching any term (among the caller's tickets), each then checked
+    term by term. Run only when the full matches do not fill a page (see repository).
+    """
+    any_term = func.to_tsquery(_SIMPLE, bindparam("q_any"))
+    candidates = select(comments.c.ticket_id).where(
+        comments.c.tenant_id == bindparam("tenant_id"), comments.c.search_vector.op("@@")(any_term)
+    )
+    if narrowed:  # as in `matches`: only then can other tickets' comments fill the cap
+        candidates = candidates.join(tickets, tickets.c.id == comments.c.ticket_id).where(*ticket_conditions)
+    if public_comments_only:
+        candidates = candidates.where(comments.c.visibility == "public")
+    candidates = (
+        candidates.order_by(comments.c.created_at.desc()).limit(MAX_HITS).subquery("split_candidates")
+    )
+    candidate_ids = cast(
+        select(func.array_agg(candidates.c.ticket_id)).scalar_subquery(), ARRAY(tickets.c.id.type)
+    )
+    term = func.unnest(bindparam("q_terms", type_=ARRAY(Text))).table_valued("q").render_derived("term")
+    term_query = func.to_tsquery(_SIMPLE, term.c.q)
+    reply = comments.alias("term_comments")
+    # Both refer to the ticket being checked, two levels up: SQLAlchemy does not infer that.
+    in_a_comment = (
+        select(reply.c.id)
+        .where(
+            reply.c.tenant_id == tickets.c.tenant_id,
+            reply.c.ticket_id == tickets.c.id,
+            reply.c.search_vector.op("@@")(term_query),
+        )
+        .correlate(tickets, term)
+    )
+    if public_comments_only:
+        in_a_comment = in_a_comment.where(reply.c.visibility == "public")
+    missing_term = (
+        select(term.c.q)
+        .where(~or_(tickets.c.search_vector.op("@@")(term_query), in_a_comment.exists()))
+        .correlate(tickets)
+    )
+    return and_(tickets.c.id == func.any(candidate_ids), ~missing_term.exists())
 
 
 def rank(tickets: Table) -> ColumnElement:

@@ -269,6 +269,25 @@ async def list_tickets(
     )
 
 
+async def list_split_matches(
+    session: AsyncSession,
+    identity: Identity,
+    filters: repository.TicketFilters,
+    *,
+    limit: int,
+    exclude_ids: list[str],
+) -> list[dict[str, Any]]:
+    """After `list_tickets` of the same search (which checked the caller may list)."""
+    return await repository.list_split_matches(
+        session,
+        identity.tenant,
+        filters,
+        limit=limit,
+        exclude_ids=exclude_ids,
+        own_requester_id=own_requester_id(identity),
+    )
+
+
 async def similar_tickets(session: AsyncSession, identity: Identity, ticket_id: UUID) -> list[dict[str, Any]]:
     """Possible duplicates: open tickets of the tenant like this one, at the same location."""
     if not is_staff(identity):

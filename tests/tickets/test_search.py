@@ -7,7 +7,7 @@ import pytest
 
 from services.tickets.search import MAX_HITS
 from tests.conftest import auth_headers, unique_tenant
-from tests.tickets.helpers import TICKETS, create_ticket, patch_ticket
+from tests.tickets.helpers import TICKETS, add_comment, create_ticket, patch_ticket
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +306,39 @@ async def test_decomposed_hangul_is_stored_composed_and_found_either_way(tickets
     ]:
         found = (await tickets.get(TICKETS, params=params, headers=agent)).json()["items"]
         assert [ticket["id"] for ticket in found] == [sink["id"]], params
+
+
+async def test_terms_split_between_a_ticket_and_its_comments_match_after_the_full_matches(tickets, infra):
+    tenant = unique_tenant()
+    agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+    alice = auth_headers(infra, tenant, ["requester"], "alice")
+    full = await create_ticket(tickets, agent, subject="Elevator noise on floor 2", description="grinding")
+    split = await create_ticket(
+        tickets, alice, subject="Elevator 3 stopped", description="stuck between floors"
+    )
+    await add_comment(tickets, agent, split["id"], "the technician heard a loud noise in the shaft")
+    noted = await create_ticket(tickets, alice, subject="Elevator 4 is slow", description="takes minutes")
+    await add_comment(tickets, agent, noted["id"], "noise complaint from the landlord", "internal")
+    await create_ticket(tickets, agent, subject="Printer noise", description="rattles")
+    # "elevator" in a reply makes it a candidate, but "noise" is only in other tickets' replies.
+    lamp = await create_ticket(tickets, agent, subject="Elevator 6 lights", description="dim")
+    await add_comment(tickets, agent, lamp["id"], "elevator lamp replaced")
+    await create_ticket(tickets, agent, subject="Elevator 5 inspection due", description="yearly")
+
+    def ids(items):
+        return [item["id"] for item in items]
+
+    # Full matches first, then the split ones, newest first.
+    assert ids(await search(tickets, agent, "elevator noise")) == [full["id"], noted["id"], split["id"]]
+    assert ids(await search(tickets, agent, "엘리베이터 noise")) == []
+    # A requester's split match counts only her own tickets and public replies.
+    assert ids(await search(tickets, alice, "elevator noise")) == [split["id"]]
+    # A full page, another sort or a later page: full matches only.
+    assert ids(await search(tickets, agent, "elevator noise", limit=1)) == [full["id"]]
+    assert ids(await search(tickets, agent, "elevator noise", sort="created_at")) == [full["id"]]
+    # Filters narrow the split matches as they do the full ones.
+    assert ids(await search(tickets, agent, "elevator noise", requester="alice")) == [
+        noted["id"],
+        split["id"],
+    ]
+    assert ids(await search(tickets, agent, "technician shaft")) == [split["id"]]  # one comment: a full match
