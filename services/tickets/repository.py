@@ -301,13 +301,19 @@ def _conditions(filters: TicketFilters, own_only: bool) -> list[ColumnElement]:
     if filters.q is not None:
         # The hits carry the other conditions too, so the cap on hits applies after them. Beyond
         # the tenant and the deleted flag, the caller sees only some of the tenant's tickets.
-        narrowed = len(where) > 2 or filters.deleted
+        narrowed = _narrowed(where, filters)
         where.append(
             search.matches(
                 tickets, ticket_conditions=list(where), public_comments_only=own_only, narrowed=narrowed
             )
         )
     return where
+
+
+def _narrowed(where: list[ColumnElement], filters: TicketFilters) -> bool:
+    """Whether the caller sees only part of the tenant's tickets: conditions beyond the tenant and
+    the deleted flag (its own tickets, filters), or the deleted ones."""
+    return len(where) > 2 or filters.deleted
 
 
 def _keyset_condition(sort: Sort) -> ColumnElement:
@@ -429,7 +435,7 @@ _CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 def _build_split_query(unsearched: TicketFilters, own_only: bool) -> Select:
     where = _conditions(unsearched, own_only)
-    narrowed = len(where) > 2 or unsearched.deleted  # as for the full matches (`_conditions`)
+    narrowed = _narrowed(where, unsearched)
     where.append(
         search.split_matches(
             tickets, ticket_conditions=list(where), public_comments_only=own_only, narrowed=narrowed
