@@ -7,7 +7,7 @@ tenant; an older stack.json without it: the demo agent), then runs two phases of
 each (after a short unmeasured warm-up): first against the gateway, then against the tickets service
 with the same token (services verify the JWT themselves). The load of each phase comes from a separate
 process (`python -m bench.tickets_api --worker ...`) running a uvloop event loop with C clients that
-share one aiohttp session with C keep-alive connections. Mix: 80 % `GET /api/v1/tickets?limit=50`,
+each keep one keep-alive connection (bench/load_client.py). Mix: 80 % `GET /api/v1/tickets?limit=50`,
 20 % `POST /api/v1/tickets` with Korean and English subjects.
 
 Measured per phase: requests completed inside the window (`count`), `errors` (non-2xx or exception),
@@ -33,8 +33,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
+
+from bench.load_client import Connection, encode_request
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SETTLE_S = 8.0
@@ -159,44 +160,41 @@ async def drive_load(
     by_request: dict[str, list[float]] = {"list": [], "create": []}
     errors: Counter[str] = Counter()
     first_detail: dict[str, str] = {}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     headers = {"Authorization": f"Bearer {token}"}
-    json_headers = {"Content-Type": "application/json"}
+    create_headers = {**headers, "Content-Type": "application/json"}
     pid = os.getpid()
+    base = base_url.rstrip("/")
+    list_request = encode_request("GET", base + LIST_PATH, headers)
+    measure_from = time.perf_counter() + warmup
+    stop_at = measure_from + seconds
 
-    list_url, create_url = base_url.rstrip("/") + LIST_PATH, base_url.rstrip("/") + CREATE_PATH
+    async def one_request(connection: Connection, client: int, n: int, create: bool) -> str | None:
+        """Send request number `n` of `client`; None on success, else a short error kind."""
+        method = "POST" if create else "GET"
+        if create:
+            body = ticket_body(f"{pid}-{client}-{n}", n)
+            request = encode_request("POST", base + CREATE_PATH, create_headers, body)
+        else:
+            request = list_request
+        try:
+            response = await connection.send(request)
+        except (TimeoutError, OSError) as exc:
+            kind = f"{method} {type(exc).__name__}"
+            first_detail.setdefault(kind, str(exc)[:200])
+            return kind
+        if 200 <= response.status < 300:
+            return None
+        kind = f"{method} {response.status}"
+        first_detail.setdefault(kind, response.body[:200].decode(errors="replace"))
+        return kind
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
-        measure_from = time.perf_counter() + warmup
-        stop_at = measure_from + seconds
-
-        async def one_request(client: int, n: int, create: bool) -> str | None:
-            """Send request number `n` of `client`; None on success, else a short error kind."""
-            method = "POST" if create else "GET"
-            try:
-                if method == "POST":
-                    data = ticket_body(f"{pid}-{client}-{n}", n)
-                    response = await session.post(create_url, data=data, headers=json_headers)
-                else:
-                    response = await session.get(list_url)
-                async with response:
-                    payload = await response.read()  # read it all so the connection is reused
-                if 200 <= response.status < 300:
-                    return None
-                kind = f"{method} {response.status}"
-                first_detail.setdefault(kind, payload[:200].decode(errors="replace"))
-                return kind
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                kind = f"{method} {type(exc).__name__}"
-                first_detail.setdefault(kind, str(exc)[:200])
-                return kind
-
-        async def client(index: int) -> None:
-            n = 0
+    async def client(index: int) -> None:
+        connection = Connection(base, REQUEST_TIMEOUT_S)
+        n = 0
+        try:
             while (started := time.perf_counter()) < stop_at:
                 create = (index + n) % POST_EVERY == 0
-                error = await one_request(index, n, create)
+                error = await one_request(connection, index, n, create)
                 ended = time.perf_counter()
                 if measure_from <= ended <= stop_at:
                     latency_ms = (ended - started) * 1000
@@ -205,8 +203,10 @@ async def drive_load(
                     if error:
                         errors[error] += 1
                 n += 1
+        finally:
+            connection.close()
 
-        await asyncio.gather(*(client(i) for i in range(concurrency)))
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
 
     stats = summarize(latencies_ms, sum(errors.values()), seconds)
     stats["error_kinds"] = [f"{count}x {kind}: {first_detail[kind]}" for kind, count in errors.most_common(5)]

@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import asyncpg
 import jwt
 
 from bench import seed_tickets
+from bench.load_client import Connection, encode_request
 from bench.tickets_api import REQUEST_TIMEOUT_S, BenchError, percentile, summarize
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -253,36 +253,35 @@ async def drive(plan: dict[str, Any], tokens: dict[str, str]) -> dict[str, Any]:
         if "body" in request:
             headers["Content-Type"] = "application/json"
             data = json.dumps(request["body"], ensure_ascii=False).encode()
-        prepared.append((request["label"], request["method"], base + request["path"], headers, data))
+        raw = encode_request(request["method"], base + request["path"], headers, data)
+        prepared.append((request["label"], raw))
     latencies: list[float] = []
     by_label: dict[str, list[float]] = defaultdict(list)
     errors: Counter[str] = Counter()
     first_detail: dict[str, str] = {}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        measure_from = time.perf_counter() + warmup
-        stop_at = measure_from + seconds
+    measure_from = time.perf_counter() + warmup
+    stop_at = measure_from + seconds
 
-        async def one(index: int) -> tuple[str, str | None]:
-            label, method, url, headers, data = prepared[index]
-            try:
-                async with session.request(method, url, headers=headers, data=data) as response:
-                    payload = await response.read()
-                if 200 <= response.status < 300:
-                    return label, None
-                kind = f"{label} {response.status}"
-                first_detail.setdefault(kind, payload[:300].decode(errors="replace"))
-                return label, kind
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                kind = f"{label} {type(exc).__name__}"
-                first_detail.setdefault(kind, str(exc)[:200])
-                return label, kind
+    async def one(connection: Connection, index: int) -> tuple[str, str | None]:
+        label, raw = prepared[index]
+        try:
+            response = await connection.send(raw)
+        except (TimeoutError, OSError) as exc:
+            kind = f"{label} {type(exc).__name__}"
+            first_detail.setdefault(kind, str(exc)[:200])
+            return label, kind
+        if 200 <= response.status < 300:
+            return label, None
+        kind = f"{label} {response.status}"
+        first_detail.setdefault(kind, response.body[:300].decode(errors="replace"))
+        return label, kind
 
-        async def client(number: int) -> None:
-            position = number
+    async def client(number: int) -> None:
+        connection = Connection(base, REQUEST_TIMEOUT_S)
+        position = number
+        try:
             while (started := time.perf_counter()) < stop_at:
-                label, error = await one(position % len(prepared))
+                label, error = await one(connection, position % len(prepared))
                 ended = time.perf_counter()
                 if measure_from <= ended <= stop_at:
                     elapsed = (ended - started) * 1000
@@ -291,8 +290,10 @@ async def drive(plan: dict[str, Any], tokens: dict[str, str]) -> dict[str, Any]:
                     if error:
                         errors[error] += 1
                 position += concurrency
+        finally:
+            connection.close()
 
-        await asyncio.gather(*(client(n) for n in range(concurrency)))
+    await asyncio.gather(*(client(n) for n in range(concurrency)))
 
     stats = summarize(latencies, sum(errors.values()), seconds)
     stats["by_label"] = {

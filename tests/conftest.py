@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import httpx
 import jwt
 import pytest
+from aiohttp import web
 from fastapi import FastAPI
 
 from libs.common import migrations
@@ -142,6 +143,18 @@ async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
+
+
+@contextlib.asynccontextmanager
+async def local_aiohttp_server(app: web.Application) -> AsyncIterator[str]:
+    """Serve an aiohttp app on a free local port (a stand-in for a remote HTTP server); yields its URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1) -> Any:

@@ -8,6 +8,7 @@ import pytest
 from aiohttp import web
 
 from bench.tickets_api import BenchError, compare, drive_load, load_stack, percentile, summarize, ticket_body
+from tests.conftest import local_aiohttp_server
 
 
 @pytest.mark.parametrize(
@@ -147,15 +148,8 @@ async def test_the_load_mix_is_reported_per_request_kind():
     app = web.Application()
     app.router.add_get("/api/v1/tickets", list_tickets)
     app.router.add_post("/api/v1/tickets", create_ticket)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        stats = await drive_load(f"http://127.0.0.1:{port}", "tok", seconds=0.6, concurrency=5, warmup=0.1)
-    finally:
-        await runner.cleanup()
+    async with local_aiohttp_server(app) as url:
+        stats = await drive_load(url, "tok", seconds=0.6, concurrency=5, warmup=0.1)
     lists, creates = stats["by_request"]["list"], stats["by_request"]["create"]
     assert stats["errors"] == 0 and seen_auth == {"Bearer tok"}
     assert lists["count"] + creates["count"] == stats["count"]
