@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -11,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match, Route, get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -118,11 +120,46 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 def _methods_on_path(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
-            methods |= route.methods
-    return sorted(methods)
+    matching = [
+        route
+        for route in request.app.router.routes
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE
+    ]
+    # A fixed path's own methods: `/tickets/bulk` allows POST, not the GET of `/tickets/{id}`.
+    fixed = [route for route in matching if not route.param_convertors]
+    return sorted(set().union(*(route.methods for route in fixed or matching)))
+
+
+class WrongMethodRoute(BaseRoute):
+    """A 405 for a method that a fixed path does not serve, where a route with a parameter in
+    its place would otherwise take the request: `GET /tickets/bulk` went to
+    `GET /tickets/{ticket_id}` and was told "ticket_id is not a UUID"."""
+
+    def __init__(self, path: str, served: set[str]) -> None:
+        self.path = path
+        self.served = frozenset(served)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        wrong_method = scope["type"] == "http" and scope["method"] not in self.served
+        return (Match.FULL if wrong_method and get_route_path(scope) == self.path else Match.NONE), {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise StarletteHTTPException(405)
+
+
+def wrong_method_routes(routes: Sequence[BaseRoute]) -> list[WrongMethodRoute]:
+    """One `WrongMethodRoute` per fixed path that a parameterised route's pattern also matches;
+    they go before the parameterised routes."""
+    served: dict[str, set[str]] = defaultdict(set)
+    for route in routes:
+        if isinstance(route, Route) and route.methods and not route.param_convertors:
+            served[route.path] |= route.methods
+    patterns = [route.path_regex for route in routes if isinstance(route, Route) and route.param_convertors]
+    return [
+        WrongMethodRoute(path, methods)
+        for path, methods in served.items()
+        if any(pattern.match(path) for pattern in patterns)
+    ]
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

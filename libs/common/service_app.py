@@ -20,7 +20,7 @@ from libs.common.asyncapi import build_asyncapi
 from libs.common.auth import TokenVerifier
 from libs.common.consumer import ConsumerRunner, Subscription
 from libs.common.db import create_engine, create_session_factory, finish_read_only_transactions
-from libs.common.errors import install_problem_handlers
+from libs.common.errors import install_problem_handlers, wrong_method_routes
 from libs.common.events import ensure_stream
 from libs.common.health import health_router
 from libs.common.http import (
@@ -242,6 +242,7 @@ def create_service_app(definition: ServiceDefinition) -> FastAPI:
     # matching per request; now ~12 µs.
     routers = [*definition.routers, health_router, metrics_router, asyncapi_router(definition)]
     routes = [route for router in routers for route in router.routes] + app.router.routes
+    routes += wrong_method_routes(routes)
     app.router.routes[:] = sorted(routes, key=lambda route: "{" in getattr(route, "path", "{"))
     app.add_middleware(
         ConcurrencyLimitMiddleware, limit=settings.max_concurrent_requests, service=definition.name

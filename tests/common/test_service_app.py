@@ -108,6 +108,11 @@ async def upload(request: Request) -> dict:
     return {"bytes": len(await request.body())}
 
 
+@router.post("/items/bulk")
+async def bulk_items() -> dict:
+    return {}
+
+
 @router.get("/items/{item_id}")
 async def read_item(item_id: int) -> dict:
     return {"id": item_id}
@@ -181,6 +186,17 @@ async def test_a_wrong_method_is_a_405_problem_allowing_every_method_of_the_path
     assert response.status_code == 405
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["allow"] == "DELETE, GET, PATCH"
+
+
+async def test_a_wrong_method_on_a_fixed_path_is_a_405_even_where_a_parameter_would_match(client):
+    """`/items/bulk` also fits `/items/{item_id}`, whose GET would answer "item_id is wrong"."""
+    for method in ("GET", "PATCH", "DELETE", "PUT"):
+        response = await client.request(method, "/items/bulk")
+        assert response.status_code == 405, method
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["allow"] == "POST"
+    assert (await client.post("/items/bulk")).status_code == 200
+    assert (await client.get("/items/7")).status_code == 200
 
 
 async def test_head_answers_the_headers_of_get_without_its_body(client):
@@ -396,11 +412,12 @@ def test_service_routes_are_matched_directly(infra):
     from fastapi.routing import APIRoute
     from starlette.routing import Route
 
+    from libs.common.errors import WrongMethodRoute
     from services.tickets.app import create_app
     from services.tickets.settings import Settings
 
     app = create_app(settings_for(infra, Settings, "tickets"))
-    assert {type(route) for route in app.routes} == {APIRoute, Route}
+    assert {type(route) for route in app.routes} == {APIRoute, Route, WrongMethodRoute}
     assert "/api/v1/tickets/{ticket_id}" in app.openapi()["paths"]
     # Matched in order: paths without parameters first, the service's own before the framework's.
     paths = [route.path for route in app.routes]

@@ -667,6 +667,28 @@ async def test_unknown_ticket_id_is_404_in_every_route(tickets, infra, desk, met
     assert_problem(response, 404)
 
 
+# Fixed paths in the place of a ticket id: the wrong method is a 405 naming the right ones,
+# not a 422 "ticket_id is not a UUID" from the `/{ticket_id}` route.
+FIXED_PATHS_WRONG_METHODS = [
+    ("GET", "/bulk", "POST"),
+    ("PATCH", "/bulk", "POST"),
+    ("DELETE", "/bulk", "POST"),
+    ("PATCH", "/statuses", "GET, POST"),
+    ("DELETE", "/statuses", "GET, POST"),
+    ("PATCH", "/categories", "GET, POST"),
+    ("DELETE", "/categories", "GET, POST"),
+    ("DELETE", "/dead-letters", "GET"),
+]
+
+
+@pytest.mark.parametrize(("method", "route", "allow"), FIXED_PATHS_WRONG_METHODS)
+async def test_wrong_method_on_a_fixed_path_is_405(tickets, infra, desk, method, route, allow):
+    async with nothing_written(infra, desk.tenant):
+        response = await send(tickets, method, TICKETS + route, desk.admin | {"If-Match": 'W/"1"'})
+    assert_problem(response, 405)
+    assert response.headers["allow"] == allow
+
+
 @pytest.mark.parametrize("into", ["nope", 5, None, ""])
 async def test_merge_target_must_be_a_uuid(tickets, infra, desk, into):
     async with nothing_written(infra, desk.tenant):
