@@ -1,8 +1,9 @@
 """Search over tickets and their comments, in Korean and English.
 
-Two index paths, combined: full-text (`simple` config, whole words in any language) and
-trigrams (substrings, which Korean needs: 엘리베이터 must find 엘리베이터가). The expressions
-below are exactly those of the indexes in migration 0003.
+Search uses one stored vector per ticket and per comment (`simple` config): the words, plus the
+Hangul bigrams that let a Korean term match inside a word (엘리베이터 finds 엘리베이터가); see
+`search_terms_of`. Duplicate hints (`similar_query`) use trigram similarity instead. The
+expressions below are exactly those of the indexes (migrations 0003, 0005).
 """
 
 from __future__ import annotations
