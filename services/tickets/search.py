@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    CompoundSelect,
     Float,
     Select,
     Table,
@@ -26,11 +27,12 @@ from sqlalchemy import (
     or_,
     select,
     union,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import Text
 
-from services.tickets.models import comments
+from services.tickets.models import OPEN_TICKET, comments
 
 MAX_QUERY_LENGTH = 200
 SNIPPET_CHARS = 160
@@ -280,39 +282,37 @@ def _mark(match: re.Match) -> str:
 
 SIMILAR_LIMIT = 10
 SIMILAR_MIN_SCORE = 0.1
-_OPEN_CATEGORIES = ["open", "pending", "in_progress"]
 
 
-def similar_query(tickets: Table, *, same_building: bool) -> Select:
+def similar_query(tickets: Table, *, same_building: bool) -> Select | CompoundSelect:
     """Open tickets of the tenant resembling `:text`, best first.
 
-    With a building, candidates are the open tickets of that building (few; ten reports of one
-    broken elevator share it) scored by trigram similarity, plus a bonus for the same floor and
-    room. Without one, the trigram index finds candidates across the tenant.
+    Without a building, the trigram index of open tickets finds candidates across the tenant
+    (trigram similarity of at least 0.3, pg_trgm's threshold). With one, the candidates are the
+    open tickets of that building (few; ten reports of one broken elevator share it), scored by
+    trigram similarity plus a bonus for the same floor and room, and, found the same way as
+    without a building, the open tickets with no building at all: a report by e-mail or phone
+    often has none, and is the same elevator all the same.
     """
     text_similarity = func.public.similarity(_TICKET_TEXT, bindparam("text"))
-    score = text_similarity
+    columns = [c for c in tickets.c if c.name in SIMILAR_COLUMNS]
     where = [
         tickets.c.tenant_id == bindparam("tenant_id"),
         tickets.c.id != bindparam("ticket_id"),
-        tickets.c.deleted_at.is_(None),
-        tickets.c.merged_into_id.is_(None),
-        tickets.c.status_category
-        == func.any(bindparam("open_categories", _OPEN_CATEGORIES, type_=ARRAY(Text))),
+        OPEN_TICKET,
+        text_similarity >= SIMILAR_MIN_SCORE,
     ]
-    if same_building:
-        where.append(tickets.c.building == bindparam("building"))
-        same_floor = case((tickets.c.floor == bindparam("floor"), 0.2), else_=0.0)
-        same_room = case((tickets.c.room == bindparam("room"), 0.2), else_=0.0)
-        score = text_similarity + same_floor + same_room
-    else:
-        where.append(_TICKET_TEXT.op("OPERATOR(public.%)")(bindparam("text")))
-    return (
-        select(*[c for c in tickets.c if c.name in SIMILAR_COLUMNS], score.cast(Float).label("score"))
-        .where(and_(*where), text_similarity >= SIMILAR_MIN_SCORE)
-        .order_by(literal_column("score").desc(), tickets.c.created_at.desc())
-        .limit(SIMILAR_LIMIT)
-    )
+    similar_text = _TICKET_TEXT.op("OPERATOR(public.%)")(bindparam("text"))
+    anywhere = select(*columns, text_similarity.cast(Float).label("score")).where(*where, similar_text)
+    best_first = (literal_column("score").desc(), literal_column("created_at").desc())
+    if not same_building:
+        return anywhere.order_by(*best_first).limit(SIMILAR_LIMIT)
+    same_floor = case((tickets.c.floor == bindparam("floor"), 0.2), else_=0.0)
+    same_room = case((tickets.c.room == bindparam("room"), 0.2), else_=0.0)
+    score = (text_similarity + same_floor + same_room).cast(Float).label("score")
+    in_building = select(*columns, score).where(*where, tickets.c.building == bindparam("building"))
+    unlocated = anywhere.where(tickets.c.building.is_(None))
+    return union_all(in_building, unlocated).order_by(*best_first).limit(SIMILAR_LIMIT)
 
 
 SIMILAR_COLUMNS = (

@@ -185,6 +185,28 @@ async def test_similar_finds_reports_of_the_same_broken_elevator(tickets, infra)
     ).status_code == 403
 
 
+async def test_similar_finds_reports_of_the_same_elevator_with_no_location(tickets, infra):
+    """A report by phone or e-mail often has no building: it is found from a located report of
+    the same breakdown (by text alone, so it must be closer than the building's own tickets need
+    to be), and finds that report in turn."""
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    report = {"subject": "본관 엘리베이터 고장", "description": "엘리베이터가 멈췄어요"}
+    located = {**report, "subject": "본관 3층 엘리베이터 고장", "building": "본관"}
+    located = await create_ticket(tickets, agent, **located)
+    phoned = await create_ticket(tickets, agent, **report)
+    loosely = await create_ticket(tickets, agent, subject="엘리베이터 점검 일정 문의")  # shares a word only
+    unrelated = await create_ticket(tickets, agent, subject="프린터 용지 걸림")
+    solved = await create_ticket(tickets, agent, **report)
+    await patch_ticket(tickets, agent, solved, status="resolved")
+    elsewhere = await create_ticket(tickets, agent, **report, building="별관")
+
+    found = (await tickets.get(f"/api/v1/tickets/{located['id']}/similar", headers=agent)).json()["items"]
+    assert [item["id"] for item in found] == [phoned["id"]]
+    assert {loosely["id"], unrelated["id"], solved["id"], elsewhere["id"]}.isdisjoint(i["id"] for i in found)
+    back = (await tickets.get(f"/api/v1/tickets/{phoned['id']}/similar", headers=agent)).json()["items"]
+    assert {located["id"], elsewhere["id"]} <= {item["id"] for item in back}
+
+
 async def test_similar_without_a_building_uses_text_similarity(tickets, infra):
     agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
     first = await create_ticket(tickets, agent, subject="VPN connection drops every hour")
