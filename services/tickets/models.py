@@ -40,7 +40,7 @@ def _newest_first(*leading: str) -> list:
 DUE_SORT_KEY = text("(COALESCE(due_at, 'infinity'::timestamp with time zone))")
 
 TICKET_TEXT = "((subject || ' '::text) || description)"
-# The tickets duplicate hints look among: open, not deleted, not merged. Literal SQL, so that a
+# The tickets that duplicate hints look among: open, not deleted, not merged. Literal SQL, so a
 # query containing it can use the trigram index that covers only these rows.
 OPEN_TICKET = text(
     "status_category IN ('open', 'pending', 'in_progress') AND deleted_at IS NULL AND merged_into_id IS NULL"
