@@ -102,6 +102,21 @@ class Connection:
             self.close()  # a late response must not be taken for the next request's
             raise
 
+    async def error_of(self, raw_request: bytes, label: str, first_detail: dict[str, str]) -> str | None:
+        """Send; None for a 2xx answer, else a short error kind (`"create 503"`, `"read TimeoutError"`),
+        the first detail of each kind kept in `first_detail`."""
+        try:
+            response = await self.send(raw_request)
+        except (TimeoutError, OSError) as exc:
+            kind = f"{label} {type(exc).__name__}"
+            first_detail.setdefault(kind, str(exc)[:200])
+            return kind
+        if 200 <= response.status < 300:
+            return None
+        kind = f"{label} {response.status}"
+        first_detail.setdefault(kind, response.body[:300].decode(errors="replace"))
+        return kind
+
     def close(self) -> None:
         if self.protocol is not None and self.protocol.transport is not None:
             self.protocol.closed = True

@@ -168,25 +168,11 @@ async def drive_load(
     measure_from = time.perf_counter() + warmup
     stop_at = measure_from + seconds
 
-    async def one_request(connection: Connection, client: int, n: int, create: bool) -> str | None:
-        """Send request number `n` of `client`; None on success, else a short error kind."""
-        method = "POST" if create else "GET"
-        if create:
-            body = ticket_body(f"{pid}-{client}-{n}", n)
-            request = encode_request("POST", base + CREATE_PATH, create_headers, body)
-        else:
-            request = list_request
-        try:
-            response = await connection.send(request)
-        except (TimeoutError, OSError) as exc:
-            kind = f"{method} {type(exc).__name__}"
-            first_detail.setdefault(kind, str(exc)[:200])
-            return kind
-        if 200 <= response.status < 300:
-            return None
-        kind = f"{method} {response.status}"
-        first_detail.setdefault(kind, response.body[:200].decode(errors="replace"))
-        return kind
+    def request_of(client: int, n: int, create: bool) -> bytes:
+        if not create:
+            return list_request
+        body = ticket_body(f"{pid}-{client}-{n}", n)
+        return encode_request("POST", base + CREATE_PATH, create_headers, body)
 
     async def client(index: int) -> None:
         connection = Connection(base, REQUEST_TIMEOUT_S)
@@ -194,7 +180,8 @@ async def drive_load(
         try:
             while (started := time.perf_counter()) < stop_at:
                 create = (index + n) % POST_EVERY == 0
-                error = await one_request(connection, index, n, create)
+                request = request_of(index, n, create)
+                error = await connection.error_of(request, "POST" if create else "GET", first_detail)
                 ended = time.perf_counter()
                 if measure_from <= ended <= stop_at:
                     latency_ms = (ended - started) * 1000

@@ -262,26 +262,13 @@ async def drive(plan: dict[str, Any], tokens: dict[str, str]) -> dict[str, Any]:
     measure_from = time.perf_counter() + warmup
     stop_at = measure_from + seconds
 
-    async def one(connection: Connection, index: int) -> tuple[str, str | None]:
-        label, raw = prepared[index]
-        try:
-            response = await connection.send(raw)
-        except (TimeoutError, OSError) as exc:
-            kind = f"{label} {type(exc).__name__}"
-            first_detail.setdefault(kind, str(exc)[:200])
-            return label, kind
-        if 200 <= response.status < 300:
-            return label, None
-        kind = f"{label} {response.status}"
-        first_detail.setdefault(kind, response.body[:300].decode(errors="replace"))
-        return label, kind
-
     async def client(number: int) -> None:
         connection = Connection(base, REQUEST_TIMEOUT_S)
         position = number
         try:
             while (started := time.perf_counter()) < stop_at:
-                label, error = await one(connection, position % len(prepared))
+                label, raw = prepared[position % len(prepared)]
+                error = await connection.error_of(raw, label, first_detail)
                 ended = time.perf_counter()
                 if measure_from <= ended <= stop_at:
                     elapsed = (ended - started) * 1000

@@ -106,6 +106,22 @@ async def test_a_timed_out_request_does_not_hand_its_late_response_to_the_next_o
     assert served[0][1] != served[1][1]
 
 
+async def test_a_failed_request_is_named_by_its_kind_with_the_first_detail(server):
+    url, _ = server
+    connection = Connection(url, timeout_s=5)
+    details: dict[str, str] = {}
+    try:
+        ok, closing = encode_request("GET", f"{url}/echo"), encode_request("GET", f"{url}/closing")
+        assert await connection.error_of(ok, "list", details) is None
+        assert await connection.error_of(closing, "list", details) == "list 503"
+    finally:
+        connection.close()
+    nowhere = Connection("http://127.0.0.1:1", timeout_s=2)
+    refused = await nowhere.error_of(b"GET / HTTP/1.1\r\n\r\n", "read", details)
+    assert refused == "read ConnectionRefusedError"
+    assert details["list 503"] == "bye" and details["read ConnectionRefusedError"]
+
+
 async def test_a_refused_connection_is_an_os_error():
     with pytest.raises(OSError):
         await Connection("http://127.0.0.1:1", timeout_s=2).send(b"GET / HTTP/1.1\r\n\r\n")
