@@ -687,11 +687,13 @@ async def _prepare_tenants(conn: asyncpg.Connection, tenants: Sequence[str]) -> 
                 for priority, hours in DUE_HOURS.items()
             ],
         )
+    # Each tenant's number sequence (made here if it has none yet) and the last number it gave.
     rows = await conn.fetch(
-        f"SELECT tenant_id, last_number FROM {SCHEMA}.ticket_numbers WHERE tenant_id = any($1::text[])",
+        f"SELECT tenant, pg_sequence_last_value({SCHEMA}.ticket_number_sequence(tenant)) AS last_number"
+        " FROM unnest($1::text[]) AS tenant",
         list(tenants),
     )
-    return {row["tenant_id"]: row["last_number"] for row in rows}
+    return {row["tenant"]: row["last_number"] or 0 for row in rows}
 
 
 async def seed(
@@ -760,10 +762,7 @@ async def seed(
 
         numbers = {person.tenant: person.next_number - 1 for person in people if person.next_number > 1}
         await conn.executemany(
-            f"INSERT INTO {SCHEMA}.ticket_numbers AS n (tenant_id, last_number) VALUES ($1, $2)"
-            " ON CONFLICT (tenant_id)"
-            " DO UPDATE SET last_number = greatest(n.last_number, excluded.last_number)",
-            list(numbers.items()),
+            f"SELECT setval({SCHEMA}.ticket_number_sequence($1), $2)", list(numbers.items())
         )
         await conn.executemany(
             f"INSERT INTO {SCHEMA}.tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING",

@@ -51,7 +51,7 @@ tickets = Table(
     metadata,
     Column("id", UUID(as_uuid=True), primary_key=True),
     Column("tenant_id", Text, nullable=False),
-    Column("number", Integer, nullable=False),
+    Column("number", Integer, nullable=False),  # from the tenant's own sequence (migration 0016)
     Column("subject", Text, nullable=False),
     Column("description", Text, nullable=False, server_default=""),
     Column("status", Text, nullable=False, server_default="open"),
@@ -188,14 +188,6 @@ tickets = Table(
     ),
 )
 
-# Per-tenant ticket numbers (#1042): one counter row per tenant.
-ticket_numbers = Table(
-    "ticket_numbers",
-    metadata,
-    Column("tenant_id", Text, primary_key=True),
-    Column("last_number", Integer, nullable=False),
-)
-
 comments = Table(
     "comments",
     metadata,
@@ -323,6 +315,7 @@ sla_retargets = Table(
 )
 
 # Slugs of tenants that have tickets, for cross-tenant jobs (readable by all, no tenant data).
+# A tenant is registered when its first ticket makes its number sequence.
 tenants = Table("tenants", metadata, Column("tenant_id", Text, primary_key=True), _created_at())
 
 outbox = outbox_table(metadata)

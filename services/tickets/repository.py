@@ -32,13 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
-from libs.common.db import (
-    autocommit_driver_connection,
-    driver_connection,
-    engine_of,
-    fetch_all,
-    rows_as_dicts,
-)
+from libs.common.db import driver_connection, fetch_all, rows_as_dicts
 from libs.common.events import CloudEvent
 from libs.common.outbox import outbox_row_cte, outbox_row_params
 from services.tickets import search
@@ -81,22 +75,28 @@ def client_view(row: dict[str, Any]) -> dict[str, Any]:
 
 # -- numbers -----------------------------------------------------------------------------------
 
-_NEXT_TICKET_NUMBER_SQL = "SELECT tickets.next_ticket_number($1, $2)"
+# A tenant that defined categories takes only those; one without a list takes any key.
+_CATEGORY_IS_ALLOWED = or_(
+    ~exists().where(categories.c.tenant_id == bindparam("tenant")),
+    exists().where(categories.c.tenant_id == bindparam("tenant"), categories.c.key == bindparam("key")),
+)
+# From the tenant's sequence (made on its first ticket: migration 0016); asked only when the
+# category is allowed, so a refused category takes no number.
+_TAKE_TICKET_NUMBER = select(
+    func.nextval(func.tickets.ticket_number_sequence(bindparam("tenant", type_=Text))).label("number")
+).where(or_(bindparam("key", type_=Text).is_(None), _CATEGORY_IS_ALLOWED))
 
 
-async def allocate_ticket_number(session: AsyncSession, tenant_id: str, category: str | None) -> int | None:
-    """The tenant's next ticket number, taken like a sequence's nextval(); None (and no number
-    taken) when the tenant does not allow `category`.
+async def take_ticket_number(session: AsyncSession, tenant_id: str, category: str | None) -> int | None:
+    """The tenant's next ticket number; None (and no number taken) when the tenant does not
+    allow `category`.
 
-    It runs as its own single-statement (autocommit) transaction, so the tenant's counter row
-    is locked only inside that statement, not until the create commits: creates of one tenant
-    do not queue behind each other. Like a sequence, a create that fails afterwards leaves a
-    gap; numbers stay unique and increasing. The SQL function scopes itself to the tenant
-    (row-level security) for that one statement. On its own connection, it can run while the
-    request's transaction reads something else.
+    A sequence's nextval() holds no lock until the create commits, so creates of one tenant do
+    not queue behind each other. A create that fails afterwards leaves a gap; numbers stay
+    unique and increasing.
     """
-    async with autocommit_driver_connection(engine_of(session)) as raw:
-        return await raw.fetchval(_NEXT_TICKET_NUMBER_SQL, tenant_id, category)
+    rows = await fetch_all(session, _TAKE_TICKET_NUMBER, tenant=tenant_id, key=category)
+    return rows[0]["number"] if rows else None
 
 
 # -- create ------------------------------------------------------------------------------------
@@ -787,13 +787,7 @@ async def status_in_use(session: AsyncSession, tenant_id: str, key: str) -> bool
     return (await session.execute(query)).first() is not None
 
 
-# A tenant that defined categories takes only those; one without a list takes any key.
-_CATEGORY_ALLOWED = select(
-    or_(
-        ~exists().where(categories.c.tenant_id == bindparam("tenant")),
-        exists().where(categories.c.tenant_id == bindparam("tenant"), categories.c.key == bindparam("key")),
-    ).label("allowed")
-)
+_CATEGORY_ALLOWED = select(_CATEGORY_IS_ALLOWED.label("allowed"))
 
 
 async def category_allowed(session: AsyncSession, tenant_id: str, key: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -205,20 +204,10 @@ async def create_ticket(session: AsyncSession, identity: Identity, data: TicketC
     tenant = identity.tenant
     await _check_parent(session, tenant, None, data.parent_id)
     now = datetime.now(UTC)
-    # Side by side: the number (with the category check) on a connection of its own, the SLA
-    # policy in the request's transaction; a create waits for one round trip instead of two.
-    # (Not a TaskGroup: it would wrap a database error in an ExceptionGroup, which the error
-    # handlers and the transaction's dead-connection check do not recognise.)
-    numbering = asyncio.ensure_future(repository.allocate_ticket_number(session, tenant, data.category))
-    try:
-        deadlines = await sla.deadlines_for_new_ticket(session, tenant, data.priority.value, now)
-    except BaseException:
-        numbering.cancel()
-        await asyncio.gather(numbering, return_exceptions=True)
-        raise
-    number = await numbering
+    number = await repository.take_ticket_number(session, tenant, data.category)
     if number is None:
         await _unknown_category(session, tenant, data.category)
+    deadlines = await sla.deadlines_for_new_ticket(session, tenant, data.priority.value, now)
     values = data.model_dump(mode="python")
     values.update(
         id=new_id(),

@@ -182,3 +182,39 @@ def test_tickets_0014_lowers_existing_tags_keeping_each_once(scratch_database):
     for number, tags, version in rows:
         expected = [] if number == 9999 else ["vip", "lift", "über", "누수"] if number % 2 == 0 else ["lift"]
         assert (tags, version) == (expected, 1), number
+
+
+def test_tickets_0016_carries_each_tenants_counter_to_its_sequence_and_back(scratch_database):
+    tickets = next(spec for spec in STACK if spec.schema == "tickets")
+    migrations.upgrade(scratch_database, tickets.migrations, tickets.schema, "0015")
+    run_sql(
+        scratch_database,
+        # The counter's trigger registers each tenant; one tenant id needs quoting as a name.
+        """INSERT INTO tickets.ticket_numbers (tenant_id, last_number)
+           VALUES ('acme', 1041), ('Bölge "3"; x', 7)""",
+        "SELECT 1",
+    )
+    migrations.upgrade(scratch_database, tickets.migrations, tickets.schema)
+    taken = run_sql(
+        scratch_database,
+        "SELECT tenant, nextval(tickets.ticket_number_sequence(tenant)) AS number"
+        """ FROM unnest(ARRAY['acme', 'Bölge "3"; x', 'new']) AS tenant ORDER BY tenant""",
+    )
+    assert [tuple(row) for row in taken] == [('Bölge "3"; x', 8), ("acme", 1042), ("new", 1)]
+    registered = run_sql(scratch_database, "SELECT tenant_id FROM tickets.tenants ORDER BY tenant_id")
+    assert [row[0] for row in registered] == ['Bölge "3"; x', "acme", "new"]
+    assert run_sql(scratch_database, "SELECT to_regclass('tickets.ticket_numbers')")[0][0] is None
+
+    migrations.downgrade(scratch_database, tickets.migrations, tickets.schema, "0015")
+    counters = run_sql(
+        scratch_database, "SELECT tenant_id, last_number FROM tickets.ticket_numbers ORDER BY 1"
+    )
+    assert [tuple(row) for row in counters] == [('Bölge "3"; x', 8), ("acme", 1042), ("new", 1)]
+    sequences = run_sql(
+        scratch_database,
+        "SELECT count(*) FROM pg_sequences"
+        " WHERE schemaname = 'tickets' AND sequencename LIKE 'ticket_numbers%'",
+    )
+    assert sequences[0][0] == 0
+    # The previous release's function numbers on from the counters again.
+    assert run_sql(scratch_database, "SELECT tickets.next_ticket_number('acme', NULL)")[0][0] == 1043

@@ -170,7 +170,7 @@ def test_helpdesk_up_names_a_port_that_is_taken(infra, tmp_path):
 # at the lock, the others waiting their turn in the service when SIGTERM comes.
 @pytest.mark.parametrize("limit", ["0", "1"])
 async def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(infra, tmp_path, limit):
-    """Hold the tenant's ticket-number row lock so creates are provably in flight, then SIGTERM."""
+    """Hold the tenant's ticket-number sequence so creates are provably in flight, then SIGTERM."""
     from libs.common.launcher import Secrets, Stack, service_environment, start_service, wait_ready
     from libs.common.stack import SERVICES
     from tests.conftest import auth_headers, unique_tenant
@@ -196,9 +196,9 @@ async def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(infr
             try:
                 transaction = locker.transaction()
                 await transaction.start()
-                await locker.execute(
-                    "SELECT 1 FROM tickets.ticket_numbers WHERE tenant_id = $1 FOR UPDATE", tenant
-                )
+                # A (no-op) ALTER SEQUENCE locks out nextval() of the tenant's ticket numbers.
+                sequence = await locker.fetchval("SELECT tickets.ticket_number_sequence($1)::text", tenant)
+                await locker.execute(f"ALTER SEQUENCE {sequence} NO CYCLE")
                 requests = [
                     asyncio.create_task(
                         client.post("/api/v1/tickets", json={"subject": f"in flight {i}"}, headers=headers)

@@ -38,7 +38,6 @@ from tests.tickets.helpers import TICKETS, add_comment, admin_fetch, create_tick
 # INFRASTRUCTURE_TABLES with a reason), or test_every_table_with_a_tenant_column_is_classified fails.
 TENANT_TABLES = [
     "tickets",
-    "ticket_numbers",
     "idempotency_keys",
     "comments",
     "ticket_history",
@@ -183,7 +182,6 @@ INSERTS = {
         "INSERT INTO tickets.statuses (tenant_id, key, name, category) VALUES ($1, 'planted', 'P', 'open')"
     ),
     "categories": "INSERT INTO tickets.categories (tenant_id, key, name) VALUES ($1, 'planted', 'P')",
-    "ticket_numbers": "INSERT INTO tickets.ticket_numbers (tenant_id, last_number) VALUES ($1 || '-new', 1)",
     "tenants": "INSERT INTO tickets.tenants (tenant_id) VALUES ($1 || '-new')",
 }
 
@@ -309,9 +307,10 @@ async def test_every_table_with_a_tenant_column_is_classified(service_conn):
     assert tables - {"tenants"} - INFRASTRUCTURE_TABLES == set(TENANT_TABLES)
 
 
-async def test_no_function_in_the_schema_runs_with_its_owners_rights_but_the_sla_scans(service_conn):
+async def test_no_function_in_the_schema_runs_with_its_owners_rights_but_these(service_conn):
     # A SECURITY DEFINER function owned by the migration role reads past every policy. The SLA
-    # scheduler's two return tenant slugs only (which tickets.tenants shows the service anyway).
+    # scheduler's two return tenant slugs only (which tickets.tenants shows the service anyway);
+    # the ticket numbers' makes a tenant's sequence (the service role may make no object).
     definers = await service_conn.fetch(
         "SELECT p.proname, pg_get_function_result(p.oid) AS result, p.proconfig"
         " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
@@ -320,6 +319,7 @@ async def test_no_function_in_the_schema_runs_with_its_owners_rights_but_the_sla
     assert [(row["proname"], row["result"]) for row in definers] == [
         ("tenants_with_due_sla_breaches", "SETOF text"),
         ("tenants_with_sla_retargets", "SETOF text"),
+        ("ticket_number_sequence", "regclass"),
     ]
     # A fixed search path, so no caller's objects can stand in for the ones it means.
     assert all(row["proconfig"] == ["search_path=pg_catalog, pg_temp"] for row in definers)
@@ -366,9 +366,17 @@ async def test_scope_ends_with_the_transaction_on_a_pooled_connection(two_tenant
 
 
 async def test_ticket_number_allocation_leaves_no_scope_on_the_connection(two_tenants, service_conn):
-    # next_ticket_number() scopes itself; called in autocommit (as the repository does) that
-    # scope must end with the statement.
-    assert await service_conn.fetchval("SELECT tickets.next_ticket_number($1, NULL)", two_tenants.a) > 1
+    # next_ticket_number() serves the previous release during a rolling upgrade: it numbers from
+    # the tenant's sequence, as creates do now. It scopes itself; called in autocommit (as the
+    # previous release does) that scope must end with the statement.
+    last = "SELECT pg_sequence_last_value(tickets.ticket_number_sequence($1))"
+    before = await service_conn.fetchval(last, two_tenants.a)
+    assert before >= 1
+    assert (
+        await service_conn.fetchval("SELECT tickets.next_ticket_number($1, NULL)", two_tenants.a)
+        == before + 1
+    )
+    assert await service_conn.fetchval(last, two_tenants.a) == before + 1
     assert await service_conn.fetchval("SELECT current_setting('app.tenant_id', true)") in (None, "")
     assert await service_conn.fetchval("SELECT count(*) FROM tickets.tickets") == 0
 

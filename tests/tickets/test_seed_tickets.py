@@ -47,10 +47,10 @@ async def test_seeded_tickets_are_consistent_and_numbering_continues(infra: Infr
                 " FROM tickets.tickets WHERE tenant_id = $1",
                 tenant,
             )
-            # Numbers are 1..n without gaps, and the counter ends at the largest one.
+            # Numbers are 1..n without gaps, and the tenant's sequence ends at the largest one.
             assert numbers["n"] == numbers["distinct_numbers"] == numbers["top"]
             last = await conn.fetchval(
-                "SELECT last_number FROM tickets.ticket_numbers WHERE tenant_id = $1", tenant
+                "SELECT pg_sequence_last_value(tickets.ticket_number_sequence($1))", tenant
             )
             assert last == numbers["top"] == second.numbers[tenant]
             assert await conn.fetchval("SELECT 1 FROM tickets.tenants WHERE tenant_id = $1", tenant)
