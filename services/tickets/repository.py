@@ -41,10 +41,13 @@ from services.tickets.models import (
     categories,
     comments,
     outbox,
+    sla_policies,
     statuses,
+    tenant_settings,
     ticket_history,
     tickets,
 )
+from services.tickets.sla import repository as sla_repository
 
 # The SLA bookkeeping a change needs but clients never see: breach marks and the pause credit.
 SLA_STATE_COLUMNS = [
@@ -80,23 +83,47 @@ _CATEGORY_IS_ALLOWED = or_(
     ~exists().where(categories.c.tenant_id == bindparam("tenant")),
     exists().where(categories.c.tenant_id == bindparam("tenant"), categories.c.key == bindparam("key")),
 )
-# From the tenant's sequence (made on its first ticket: migration 0016); asked only when the
-# category is allowed, so a refused category takes no number.
-_TAKE_TICKET_NUMBER = select(
-    func.nextval(func.tickets.ticket_number_sequence(bindparam("tenant", type_=Text))).label("number")
-).where(or_(bindparam("key", type_=Text).is_(None), _CATEGORY_IS_ALLOWED))
+# A new ticket's number and SLA targets in one round trip. The number comes from the tenant's
+# sequence (made on its first ticket: migration 0016), and only when the category is allowed,
+# so a refused category takes none (and the statement returns no row). The priority's policy
+# and the tenant's calendar are outer-joined: NULL columns when the tenant has none.
+_NEW_TICKET = select(literal_column("1").label("one")).subquery("new_ticket")
+_TAKE_NUMBER_AND_SLA_POLICY = (
+    select(
+        func.nextval(func.tickets.ticket_number_sequence(bindparam("tenant", type_=Text))).label("number"),
+        *sla_repository.POLICY_COLUMNS,
+        tenant_settings.c.tenant_id.label("calendar_tenant"),
+        *sla_repository.CALENDAR_COLUMNS,
+    )
+    .select_from(
+        _NEW_TICKET.outerjoin(
+            sla_policies,
+            and_(
+                sla_policies.c.tenant_id == bindparam("tenant"),
+                sla_policies.c.priority == bindparam("priority"),
+            ),
+        ).outerjoin(tenant_settings, tenant_settings.c.tenant_id == sla_policies.c.tenant_id)
+    )
+    .where(or_(bindparam("key", type_=Text).is_(None), _CATEGORY_IS_ALLOWED))
+)
 
 
-async def take_ticket_number(session: AsyncSession, tenant_id: str, category: str | None) -> int | None:
-    """The tenant's next ticket number; None (and no number taken) when the tenant does not
-    allow `category`.
+async def take_number_and_sla_policy(
+    session: AsyncSession, tenant_id: str, category: str | None, priority: str
+) -> tuple[int | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """(number, SLA policy, tenant calendar) for a new ticket; the number is None (and none was
+    taken) when the tenant does not allow `category`.
 
     A sequence's nextval() holds no lock until the create commits, so creates of one tenant do
     not queue behind each other. A create that fails afterwards leaves a gap; numbers stay
     unique and increasing.
     """
-    rows = await fetch_all(session, _TAKE_TICKET_NUMBER, tenant=tenant_id, key=category)
-    return rows[0]["number"] if rows else None
+    rows = await fetch_all(
+        session, _TAKE_NUMBER_AND_SLA_POLICY, tenant=tenant_id, key=category, priority=priority
+    )
+    if not rows:
+        return None, None, None
+    return rows[0]["number"], *sla_repository.policy_and_calendar_of(rows[0])
 
 
 # -- create ------------------------------------------------------------------------------------

@@ -204,10 +204,14 @@ async def create_ticket(session: AsyncSession, identity: Identity, data: TicketC
     tenant = identity.tenant
     await _check_parent(session, tenant, None, data.parent_id)
     now = datetime.now(UTC)
-    number = await repository.take_ticket_number(session, tenant, data.category)
+    priority = data.priority.value
+    number, policy, calendar = await repository.take_number_and_sla_policy(
+        session, tenant, data.category, priority
+    )
     if number is None:
         await _unknown_category(session, tenant, data.category)
-    deadlines = await sla.deadlines_for_new_ticket(session, tenant, data.priority.value, now)
+    sla.remember_policy(session, tenant, priority, policy, calendar)
+    deadlines = await sla.deadlines_for_new_ticket(session, tenant, priority, now)
     values = data.model_dump(mode="python")
     values.update(
         id=new_id(),

@@ -359,6 +359,10 @@ async def test_a_new_calendar_moves_business_hours_deadlines_when_asked(tickets,
     assert minutes_after_creation(moved, "due_at") > 120
     assert datetime.fromisoformat(moved["first_response_due_at"]).strftime("%H:%M") == "10:00"
     assert (await read_ticket(tickets, staff, round_the_clock))["due_at"] == round_the_clock["due_at"]
+    # A ticket created now counts in the calendar from the start.
+    later = await create_ticket(tickets, staff, priority="medium")
+    assert later["first_response_due_at"] == moved["first_response_due_at"]
+    assert minutes_after_creation(later, "due_at") > 120
 
 
 async def test_apply_to_open_tickets_must_be_a_boolean(tickets, infra):

@@ -56,9 +56,14 @@ async def get_policy_and_calendar(
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The priority's policy and the tenant's calendar in one round trip (ticket writes call this)."""
     rows = await fetch_all(session, _POLICY_AND_CALENDAR, tenant=tenant, priority=priority)
-    if not rows:
+    return policy_and_calendar_of(rows[0]) if rows else (None, None)
+
+
+def policy_and_calendar_of(row: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The policy and calendar of a row with POLICY_COLUMNS, `calendar_tenant` and CALENDAR_COLUMNS
+    (from an outer join: a missing policy's columns are NULL)."""
+    if row["priority"] is None:
         return None, None
-    row = rows[0]
     policy = {column.name: row[column.name] for column in POLICY_COLUMNS}
     calendar = (
         {column.name: row[column.name] for column in CALENDAR_COLUMNS} if row["calendar_tenant"] else None

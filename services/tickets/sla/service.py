@@ -71,6 +71,21 @@ def _forget_policies(session: AsyncSession) -> None:
     session.info.pop(_POLICY_CACHE, None)
 
 
+def remember_policy(
+    session: AsyncSession,
+    tenant_id: str,
+    priority: str,
+    policy: dict[str, Any] | None,
+    settings: dict[str, Any] | None,
+) -> None:
+    """Keep a policy and calendar read with something else (a create reads them with its number)
+    for the transaction, as if looked up here."""
+    session.info.setdefault(_POLICY_CACHE, {})[(tenant_id, priority)] = (
+        policy,
+        business_calendar(policy, settings),
+    )
+
+
 async def _policy_and_calendar(session: AsyncSession, tenant_id: str, priority: str) -> Targets:
     # Kept for the transaction: a bulk update of 500 tickets reads each priority's policy once.
     cache = session.info.setdefault(_POLICY_CACHE, {})
