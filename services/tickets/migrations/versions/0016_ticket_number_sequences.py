@@ -1,7 +1,7 @@
 """tickets: each tenant's ticket numbers come from a sequence of its own
 
 A create took its number from the tenant's counter row in a transaction of its own, on a second
-connection, so that the row stayed locked only for that statement. That cost a third of a
+connection, so that the row stayed locked only for that statement. That cost a quarter of a
 create's CPU (a second pooled connection, a durable commit, and creates of one tenant queueing on
 one row). A sequence hands out numbers without a lock held to commit and without a commit of its
 own, so the number is now taken inside the create's transaction. Like the counter, a create that
