@@ -134,12 +134,6 @@ def _reads_only(request: Request) -> bool:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-def engine_of(session: AsyncSession) -> AsyncEngine:
-    """The engine behind a session, whether it is bound to the engine or to one connection."""
-    bind = session.bind
-    return bind if isinstance(bind, AsyncEngine) else bind.engine
-
-
 # The PostgreSQL setting row-level security policies compare `tenant_id` with.
 TENANT_SETTING = "app.tenant_id"
 _SET_TENANT_SQL = f"SELECT set_config('{TENANT_SETTING}', $1, true)"
