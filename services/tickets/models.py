@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     false,
     func,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
@@ -162,8 +163,11 @@ tickets = Table(
     Index(
         "ix_tickets_tenant_id_open_text_trgm",
         "tenant_id",
-        text(f"{TICKET_TEXT} public.gin_trgm_ops"),
+        # The operator class goes in postgresql_ops, keyed by the expression's label: spelled
+        # inside the expression, Alembic cannot compare the index with the database's.
+        literal_column(TICKET_TEXT).label("open_text"),
         postgresql_using="gin",
+        postgresql_ops={"open_text": "public.gin_trgm_ops"},
         postgresql_where=OPEN_TICKET,
     ),
     # SLA breach scan (migrations 0004, 0007): only tickets whose breach is still to be announced.
