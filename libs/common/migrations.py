@@ -92,6 +92,33 @@ def create_messaging_tables(schema: str, *, with_outbox: bool = True) -> None:
     )
 
 
+def notify_only_idle_relays(schema: str) -> None:
+    """The outbox trigger NOTIFYs only when no relay of the schema is busy (see
+    `libs.common.outbox.quiet_lock_key`): a busy relay polls on its own, and under load a NOTIFY
+    per commit cost ~7 % of a ticket create (bench/README.md)."""
+    from libs.common.outbox import notify_channel, quiet_lock_key
+
+    op.execute(
+        f"""CREATE OR REPLACE FUNCTION "{schema}".notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF pg_try_advisory_xact_lock_shared({quiet_lock_key(schema)}) THEN
+                PERFORM pg_notify('{notify_channel(schema)}', '');
+            END IF;
+            RETURN NULL;
+        END $$"""
+    )
+
+
+def notify_on_every_commit(schema: str) -> None:
+    """Undoes `notify_only_idle_relays`: the trigger as `create_messaging_tables` made it."""
+    from libs.common.outbox import notify_channel
+
+    op.execute(
+        f"""CREATE OR REPLACE FUNCTION "{schema}".notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('{notify_channel(schema)}', ''); RETURN NULL; END $$"""
+    )
+
+
 def drop_messaging_tables(schema: str) -> None:
     op.execute(f'DROP TABLE IF EXISTS "{schema}".dead_letters, "{schema}".inbox, "{schema}".outbox')
     op.execute(f'DROP FUNCTION IF EXISTS "{schema}".notify_outbox()')

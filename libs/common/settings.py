@@ -61,9 +61,13 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
+    # An idle relay looks for events this often even without a NOTIFY (one a commit skipped
+    # while the relay was busy, or lost with the LISTEN connection); a standby relay checks this
+    # often whether it should take over.
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=200, ge=1, le=5000)
-    # After a wake-up the relay waits this long so commits landing together go in one batch.
+    # After a wake-up the relay waits this long so commits landing together go in one batch;
+    # while events keep coming it polls at this pace, and commits skip their NOTIFY.
     outbox_linger_s: float = Field(default=0.05, ge=0, le=1)
     consumer_batch_size: int = Field(default=50, ge=1, le=1000)
     # How long one pull waits for events when there are none. Shutdown waits for the pull in

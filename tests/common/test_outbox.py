@@ -4,6 +4,7 @@ import asyncio
 from types import SimpleNamespace
 from uuid import uuid4
 
+import asyncpg
 import nats
 import pytest
 from nats.js.errors import NoStreamResponseError
@@ -11,13 +12,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common import outbox as outbox_module
-from libs.common.db import create_engine
-from libs.common.events import ensure_stream
-from libs.common.outbox import OutboxRelay
+from libs.common.db import create_engine, plain_dsn
+from libs.common.events import CloudEvent, build_event, ensure_stream
+from libs.common.outbox import OutboxRelay, notify_channel, quiet_lock_key, record_event
 from services.analytics.app import create_app as create_analytics
 from services.analytics.settings import Settings as AnalyticsSettings
 from services.tickets import models as ticket_models
 from services.tickets.app import create_app as create_tickets
+from services.tickets.events import TicketCreated
 from services.tickets.settings import Settings as TicketSettings
 from tests.conftest import (
     app_client,
@@ -93,21 +95,9 @@ async def test_relay_crash_between_ack_and_mark_republishes_and_the_stream_dedup
     nc = await nats.connect(infra.nats_url)
     try:
         await ensure_stream(nc.jetstream(), "TICKETS", settings)
-        from libs.common.events import build_event
-        from libs.common.outbox import record_event
-        from services.tickets.events import TicketCreated
-
         async with AsyncSession(engine) as session, session.begin():
             for n in range(5):
-                subject, event = build_event(
-                    service="tickets",
-                    tenant=tenant,
-                    aggregate="ticket",
-                    event="created",
-                    aggregate_id=f"agg-{n}",
-                    data=TicketCreated.model_validate(ticket_created_data(n)),
-                )
-                await record_event(session, ticket_models.outbox, subject, event)
+                await record_event(session, ticket_models.outbox, *_ticket_created(tenant, n))
 
         crashing = CrashBeforeMark(
             service="tickets", engine=engine, outbox=ticket_models.outbox, nc=nc, settings=settings
@@ -134,21 +124,10 @@ async def test_relay_publishes_in_outbox_order(infra):
     engine = create_engine(settings)
     nc = await nats.connect(infra.nats_url)
     try:
-        from libs.common.events import build_event
-        from libs.common.outbox import record_event
-        from services.tickets.events import TicketCreated
-
         ids = []
         async with AsyncSession(engine) as session, session.begin():
             for n in range(30):
-                subject, event = build_event(
-                    service="tickets",
-                    tenant=tenant,
-                    aggregate="ticket",
-                    event="created",
-                    aggregate_id="same",
-                    data=TicketCreated.model_validate(ticket_created_data(n)),
-                )
+                subject, event = _ticket_created(tenant, n, aggregate_id="same")
                 ids.append(str(event.id))
                 await record_event(session, ticket_models.outbox, subject, event)
         relay = OutboxRelay(
@@ -238,3 +217,119 @@ def _connected(nc):
         return nc.is_connected
 
     return connected
+
+
+def _ticket_created(tenant: str, n: int, aggregate_id: str | None = None) -> tuple[str, CloudEvent]:
+    return build_event(
+        service="tickets",
+        tenant=tenant,
+        aggregate="ticket",
+        event="created",
+        aggregate_id=aggregate_id or f"agg-{n}",
+        data=TicketCreated.model_validate(ticket_created_data(n)),
+    )
+
+
+async def _record_one(engine, tenant: str, n: int) -> None:
+    """One event in a transaction of its own."""
+    async with AsyncSession(engine) as session, session.begin():
+        await record_event(session, ticket_models.outbox, *_ticket_created(tenant, n))
+
+
+async def _listening(infra, notifications: list) -> asyncpg.Connection:
+    conn = await asyncpg.connect(plain_dsn(infra.admin_url))
+    await conn.add_listener(notify_channel("tickets"), lambda *args: notifications.append(args))
+    return conn
+
+
+async def _quiet_lock_held(infra) -> bool:
+    conn = await asyncpg.connect(plain_dsn(infra.admin_url))
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND mode = 'ExclusiveLock' AND classid = 0 AND objid = $1::bigint::oid AND objsubid = 1",
+            quiet_lock_key("tickets"),
+        )
+    finally:
+        await conn.close()
+
+
+async def test_commits_notify_only_while_no_relay_holds_the_quiet_lock(infra):
+    tenant = unique_tenant("quiet")
+    engine = create_engine(settings_for(infra, TicketSettings, "tickets"))
+    notifications: list = []
+    listener = await _listening(infra, notifications)
+    holder = await asyncpg.connect(plain_dsn(infra.admin_url))
+    try:
+        await _record_one(engine, tenant, 1)
+        await wait_until(lambda: _truthy(len(notifications) == 1), timeout=5)
+
+        await holder.execute("SELECT pg_advisory_lock($1)", quiet_lock_key("tickets"))
+        for n in range(2, 5):
+            await _record_one(engine, tenant, n)
+        await asyncio.sleep(0.5)  # a NOTIFY arrives within milliseconds
+        assert len(notifications) == 1
+
+        await holder.execute("SELECT pg_advisory_unlock($1)", quiet_lock_key("tickets"))
+        await _record_one(engine, tenant, 5)
+        await wait_until(lambda: _truthy(len(notifications) == 2), timeout=5)
+    finally:
+        await holder.close()
+        await listener.close()
+        await engine.dispose()
+
+
+async def test_a_busy_relay_silences_notifies_and_is_woken_by_one_again_once_idle(infra):
+    """Under a stream of commits the relay polls every linger holding the quiet lock (commits
+    skip their NOTIFY), publishes everything, and gives the lock back when idle, so that a
+    later commit wakes it at once. Polling alone would take 30 s here."""
+    tenant = unique_tenant("busy")
+    settings = settings_for(
+        infra, TicketSettings, "tickets", outbox_poll_interval_s=30.0, outbox_linger_s=0.05
+    )
+    engine = create_engine(settings)
+    nc = await nats.connect(infra.nats_url)
+    notifications: list = []
+    listener = await _listening(infra, notifications)
+    stop = asyncio.Event()
+    relay = OutboxRelay(
+        service="tickets", engine=engine, outbox=ticket_models.outbox, nc=nc, settings=settings
+    )
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await ensure_stream(nc.jetstream(), "TICKETS", settings)
+        committed = 0
+
+        async def commit_until_quiet() -> bool:
+            nonlocal committed
+            committed += 1
+            await _record_one(engine, tenant, committed)
+            return await _quiet_lock_held(infra)
+
+        await wait_until(commit_until_quiet, timeout=20, interval=0.005)
+        notifications.clear()
+        for _ in range(100):  # back to back: the relay finds events at every poll
+            committed += 1
+            await _record_one(engine, tenant, committed)
+        assert len(notifications) <= 10, len(notifications)  # the old trigger: one per commit
+
+        await wait_until(lambda: _equals(stream_count(infra, f"tickets.{tenant}.>"), committed), timeout=20)
+        await wait_until(lambda: _not(_quiet_lock_held(infra)), timeout=10)
+        await _record_one(engine, tenant, committed + 1)
+        await wait_until(
+            lambda: _equals(stream_count(infra, f"tickets.{tenant}.>"), committed + 1), timeout=3
+        )
+    finally:
+        stop.set()
+        await running
+        await listener.close()
+        await nc.close()
+        await engine.dispose()
+
+
+async def _truthy(value) -> bool:
+    return bool(value)
+
+
+async def _not(awaitable) -> bool:
+    return not await awaitable
