@@ -85,9 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.token_verifier = token_verifier
     app.state.openapi = openapi.MergedOpenAPI(app, upstreams, settings.openapi_cache_s)
     app.state.asyncapi = asyncapi.merged_asyncapi(upstreams, settings.openapi_cache_s)
+    # Innermost, inside the problem handlers' middleware: proxied requests leave here.
+    app.add_middleware(proxy.ProxiedPaths, proxies=proxies)
     install_problem_handlers(app)
-    # The proxied prefixes carry nearly all traffic, so the router tries them first.
-    app.router.routes.extend(proxy.proxy_routes(proxies))
     app.include_router(health_router)
     app.include_router(metrics_router)
     app.include_router(openapi.router)

@@ -17,7 +17,7 @@ import aiohttp
 import structlog
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from yarl import URL
 
 from gateway.body_limit import BodyTooLargeError
@@ -199,9 +199,7 @@ class UpstreamProxy:
         try:
             identity, identity_headers = await self.tokens.identity_headers(token)
         except ProblemError as exc:
-            await problem_response(exc.status, exc.title, exc.detail, type_=exc.type, headers=exc.headers)(
-                scope, receive, send
-            )
+            await exc.response()(scope, receive, send)
             return
         refusal = self.limiter.refusal(identity.tenant, identity.user_id)
         if refusal is not None:
@@ -384,14 +382,41 @@ async def _close_on_disconnect(receive: Receive, response: aiohttp.ClientRespons
             return
 
 
-def proxy_routes(proxies: list[UpstreamProxy]) -> list[Route]:
-    """Routes for each proxied prefix: the collection path itself and everything below it."""
-    routes = []
-    for proxy in proxies:
-        prefix = proxy.upstream.prefix
-        routes.append(Route(prefix, proxy, include_in_schema=False))
-        routes.append(Route(prefix + "/{path:path}", proxy, include_in_schema=False))
-    return routes
+class ProxiedPaths:
+    """The gateway's innermost middleware: a request for a proxied prefix (the collection path
+    itself or anything below it) goes straight to its proxy.
+
+    Nearly all traffic is proxied; only the gateway's own endpoints need FastAPI's exception
+    middleware, its exit-stack middleware and its router. Past those layers a proxied create
+    costs the gateway ~5 % less CPU (bench/README.md). Problems the proxy raises before
+    answering (a body over the limit) are answered here, as FastAPI's handler would.
+    """
+
+    def __init__(self, app: ASGIApp, proxies: list[UpstreamProxy]) -> None:
+        self.app = app
+        # The matched "route" the metrics label requests with, as when these were router routes.
+        self.prefixes = [
+            (
+                proxy.upstream.prefix,
+                proxy,
+                Route(proxy.upstream.prefix, proxy),
+                Route(proxy.upstream.prefix + "/{path:path}", proxy),
+            )
+            for proxy in proxies
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            for prefix, proxy, collection, below in self.prefixes:
+                if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+                    scope["route"] = collection if len(path) == len(prefix) else below
+                    try:
+                        await proxy(scope, receive, send)
+                    except ProblemError as exc:
+                        await exc.response()(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 @contextlib.asynccontextmanager

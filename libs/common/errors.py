@@ -43,6 +43,12 @@ class ProblemError(Exception):
         self.headers = headers
         self.extra = extra
 
+    def response(self) -> JSONResponse:
+        """The problem document this error answers with."""
+        return problem_response(
+            self.status, self.title, self.detail, type_=self.type, headers=self.headers, **self.extra
+        )
+
 
 def problem_response(
     status: int,
@@ -105,9 +111,7 @@ def _jsonable_location(loc: tuple[Any, ...]) -> list[str | int]:
 
 
 async def _problem_error(_: Request, exc: ProblemError) -> JSONResponse:
-    return problem_response(
-        exc.status, exc.title, exc.detail, type_=exc.type, headers=exc.headers, **exc.extra
-    )
+    return exc.response()
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -29,9 +29,14 @@ async def test_head_is_answered_wherever_get_is(gateway: Gateway, infra: Infra) 
 
 async def test_metrics_are_exposed(gateway: Gateway, infra: Infra) -> None:
     await gateway.client.get("/api/v1/tickets/1", headers=auth_headers(infra, "acme", ["agent"]))
+    await gateway.client.get("/api/v1/tickets", headers=auth_headers(infra, "acme", ["agent"]))
     response = await gateway.client.get("/metrics")
     assert response.status_code == 200
     assert 'service="gateway"' in response.text
+    # Proxied requests are one series per prefix, not one per path.
+    assert 'route="/api/v1/tickets/{path:path}"' in response.text
+    assert 'route="/api/v1/tickets",' in response.text
+    assert 'route="/api/v1/tickets/1"' not in response.text
 
 
 async def test_large_responses_are_gzipped_when_accepted(gateway: Gateway, infra: Infra) -> None:
