@@ -1,13 +1,14 @@
 """Outbox relay against real PostgreSQL and NATS: order, crash safety, broker outages."""
 
 import asyncio
+import time
 from types import SimpleNamespace
 from uuid import uuid4
 
 import asyncpg
 import nats
 import pytest
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import NoStreamResponseError, TooManyStalledMsgsError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -174,7 +175,10 @@ async def test_a_batch_stops_at_the_first_unacked_message_and_frees_the_rest(inf
         await nc.close()
 
 
-async def test_acks_that_never_come_time_out_and_are_released(infra, monkeypatch):
+@pytest.mark.parametrize("max_pending_acks", [None, 2])
+async def test_acks_that_never_come_time_out_and_are_released(infra, monkeypatch, max_pending_acks):
+    """With a small client limit of acks in flight, the third publish stalls: the batch's one
+    deadline ends that wait too."""
     monkeypatch.setattr(outbox_module, "PUBLISH_ACK_TIMEOUT_S", 0.5)
     tenant = unique_tenant("stall")
     settings = settings_for(infra, TicketSettings, "tickets")
@@ -183,17 +187,22 @@ async def test_acks_that_never_come_time_out_and_are_released(infra, monkeypatch
         relay = OutboxRelay(
             service="tickets", engine=None, outbox=ticket_models.outbox, nc=nc, settings=settings
         )
+        if max_pending_acks:
+            relay.js = nc.jetstream(publish_async_max_pending=max_pending_acks)
         rows = [
             SimpleNamespace(id=n, subject=f"tickets.{tenant}.ticket.created", event_id=uuid4(), payload="{}")
             for n in range(3)
         ]
         await asyncio.to_thread(infra.nats.stop)
         try:
-            published, failure = await relay.publish_batch(rows)  # the client buffers; no ack comes
+            started = time.monotonic()
+            # The client buffers; no ack comes. (Cut at 10 s, a hang would still end the test.)
+            published, failure = await asyncio.wait_for(relay.publish_batch(rows), timeout=10)
+            assert time.monotonic() - started < 5  # the 0.5 s deadline, with room for a slow machine
         finally:
             await asyncio.to_thread(infra.nats.start)
         assert published == []
-        assert isinstance(failure, TimeoutError)
+        assert isinstance(failure, TooManyStalledMsgsError if max_pending_acks else TimeoutError)
         await asyncio.sleep(0)
         assert relay.js.publish_async_pending() == 0  # the client's slots for those acks are freed
     finally:
