@@ -76,7 +76,8 @@ def quiet_lock_key(schema: str) -> int:
     on its own. The outbox trigger NOTIFYs only if it can take this lock shared, so under load
     commits skip the NOTIFY: PostgreSQL serialises the commits of notifying transactions (a
     database-wide lock from pre-commit to the end of the transaction) and wakes every listener,
-    which cost ~7 % of a ticket create (bench/README.md)."""
+    which cost ~7 % of a ticket create (bench/README.md). The trigger holds the number as
+    written by its migration (`notify_only_idle_relays`): never change how it is made."""
     return zlib.crc32(f"helpdesk-outbox-quiet:{schema}".encode())
 
 
