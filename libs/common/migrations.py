@@ -69,7 +69,7 @@ def create_messaging_tables(schema: str, *, with_outbox: bool = True) -> None:
 
     from libs.common.consumer import dead_letter_table, inbox_table
     from libs.common.db import make_metadata
-    from libs.common.outbox import notify_channel, outbox_table
+    from libs.common.outbox import outbox_table
 
     metadata = make_metadata(schema)
     tables = [inbox_table(metadata), dead_letter_table(metadata, as_first_created=True)]
@@ -82,10 +82,7 @@ def create_messaging_tables(schema: str, *, with_outbox: bool = True) -> None:
     if not with_outbox:
         return
     # A statement trigger wakes the relay on commit without an extra round trip per insert.
-    op.execute(
-        f"""CREATE FUNCTION "{schema}".notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_notify('{notify_channel(schema)}', ''); RETURN NULL; END $$"""
-    )
+    notify_on_every_commit(schema)
     op.execute(
         f"""CREATE TRIGGER outbox_notify AFTER INSERT ON "{schema}".outbox
         FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".notify_outbox()"""
@@ -110,7 +107,8 @@ def notify_only_idle_relays(schema: str) -> None:
 
 
 def notify_on_every_commit(schema: str) -> None:
-    """Undoes `notify_only_idle_relays`: the trigger as `create_messaging_tables` made it."""
+    """The outbox trigger's function as `create_messaging_tables` makes it (and as
+    `notify_only_idle_relays` is undone): every commit that adds rows NOTIFYs the relay."""
     from libs.common.outbox import notify_channel
 
     op.execute(
