@@ -56,6 +56,8 @@ SEED_FILE = "seed.json"
 TOKENS_ENV = "HELPDESK_BENCH_TOKENS"  # the worker gets tokens by environment, not on its command line
 BUDGET = {"list_p99_ms": 30.0, "search_p99_ms": 150.0, "read_p99_ms": 10.0, "create_p99_ms": 30.0}
 GATEWAY_CREATE_RPS_BUDGET = 700.0
+# The machine probe: a fixed pure-Python loop on one core (0.29 s here in a slow hour, 2026-12-07).
+PROBE_LOOPS = 10_000_000
 SEARCH_TERMS = (
     "엘리베이터",
     "누수",
@@ -387,7 +389,10 @@ def describe(name: str, stats: dict[str, Any]) -> str:
 
 
 def result_object(
-    seed: seed_tickets.SeedResult, phases: dict[str, dict[str, Any]], args: argparse.Namespace
+    seed: seed_tickets.SeedResult,
+    phases: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    probes: list[float],
 ) -> dict:
     def p99(name: str) -> float | None:
         return phases[name]["p99_ms"] if name in phases else None
@@ -406,11 +411,29 @@ def result_object(
         "gateway_concurrency": args.gateway_concurrency,
         "seconds": args.seconds,
         "seed_phases": seed.phases,
+        "machine_probe_s": probes,
         "phases": {
             name: {key: stats[key] for key in ("rps", "p50_ms", "p95_ms", "p99_ms", "errors", "count")}
             for name, stats in phases.items()
         },
     }
+
+
+def machine_probe_s() -> float:
+    """Seconds one core takes for a fixed pure-Python loop, best of three.
+
+    The VM's speed drifts by 15-20 % within an hour (bench/README.md), and every budget here is
+    absolute: a run's numbers mean little without how fast the machine was. Taken while the
+    services are idle, before the first phase and after the last.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for number in range(PROBE_LOOPS):
+            total += number
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
 
 
 def budget_lines(result: dict[str, Any]) -> list[str]:
@@ -487,6 +510,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tokens[f"admin:{tenant}"] = make_token(secrets_.jwt_secret, tenant, "admin")
         now = datetime.now(UTC)
         phases: dict[str, dict[str, Any]] = {}
+        probes = [machine_probe_s()]
+        print(f"machine probe {probes[0]} s (pure-Python loop; lower is faster)", flush=True)
         schedule = [
             (Phase.LIST, tickets_url, args.concurrency),
             (Phase.SEARCH, tickets_url, args.concurrency),
@@ -516,7 +541,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             stats["by_label"] = by_label
             phases[name] = stats
-        result = result_object(seed, phases, args)
+        probes.append(machine_probe_s())
+        print(f"machine probe {probes[1]} s after the phases", flush=True)
+        result = result_object(seed, phases, args, probes)
         if args.details:
             by_label = {name: stats.get("by_label", {}) for name, stats in phases.items()}
             details = json.dumps({**result, "by_label": by_label}, ensure_ascii=False, indent=1)
