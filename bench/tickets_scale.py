@@ -393,7 +393,7 @@ def result_object(
     seed: seed_tickets.SeedResult,
     phases: dict[str, dict[str, Any]],
     args: argparse.Namespace,
-    probes: list[float],
+    probes: list[int],
 ) -> dict:
     def p99(name: str) -> float | None:
         return phases[name]["p99_ms"] if name in phases else None
@@ -420,7 +420,7 @@ def result_object(
     }
 
 
-async def machine_probe(admin_url: str) -> float:
+async def machine_probe(admin_url: str) -> int:
     """Round trips per second of `SELECT 1` on PROBE_CONNECTIONS connections at once to the
     bench's PostgreSQL (idle otherwise), best of three; higher is faster.
 
