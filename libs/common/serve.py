@@ -37,6 +37,9 @@ def _after_drain(signum: int, frame: object) -> None:
 
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# After answering with a problem, how long the server still reads (and drops) what the client
+# sends before it closes the connection itself.
+PROBLEM_LINGER_S = 2.0
 
 
 class _HeadWithBody:
@@ -90,6 +93,7 @@ class HttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._answered_with_problem = False
         self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -144,7 +148,23 @@ class HttpProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)
-        self.transport.close()
+        self._head_received()
+        self._answered_with_problem = True
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        # The client may still be sending (the rest of a head, a body). Closing with its bytes
+        # unread would answer them with a reset, which can destroy the problem before the client
+        # has read it. So only the sending side ends here; what still arrives is dropped, and the
+        # connection closes once the client closes it, or after PROBLEM_LINGER_S (a lingering
+        # close, as nginx does).
+        self.transport.write_eof()
+        self.loop.call_later(PROBLEM_LINGER_S, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered_with_problem:
+            return
+        super().data_received(data)
 
 
 class ServeSettings(BaseSettings):

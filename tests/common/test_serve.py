@@ -317,6 +317,25 @@ async def test_a_request_that_is_not_http_gets_a_problem_document(paced_server, 
     assert "not valid HTTP" in problem["detail"]
 
 
+async def test_a_client_still_sending_after_a_problem_reads_all_of_it(paced_server):
+    """Bytes that reach a closed socket are answered with a reset, which can destroy an answer
+    not yet read. After a problem the server therefore stops sending, drops what still comes,
+    and closes when the client does: the client reads the whole problem and a clean end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", paced_server)
+    writer.write(b"GET / HTTP/1.1\r\nhost: t\r\nbad header line\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the problem is on its way back
+    for _ in range(20):  # the client has not looked yet and goes on sending (a body, say)
+        writer.write(b"x" * 16384)
+        await writer.drain()
+    await asyncio.sleep(0.3)
+    data = await asyncio.wait_for(reader.read(), 5)  # up to the server's end of the stream
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), data
+    assert json.loads(body)["status"] == 400
+
+
 async def test_a_request_head_that_does_not_arrive_in_time_is_a_408_and_the_connection_closes():
     with serving(workers=1, app="paced_app", env={"HELPDESK_REQUEST_HEAD_TIMEOUT_S": "1"}) as port:
         # Slowloris: header lines keep trickling in, the head never completes.
