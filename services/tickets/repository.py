@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    cast,
     exists,
     func,
     insert,
@@ -76,24 +77,47 @@ def client_view(row: dict[str, Any]) -> dict[str, Any]:
     return {name: row[name] for name in TICKET_COLUMN_NAMES if name in row}
 
 
-# -- numbers -----------------------------------------------------------------------------------
+# -- a new ticket's rules ---------------------------------------------------------------------
 
 # A tenant that defined categories takes only those; one without a list takes any key.
 _CATEGORY_IS_ALLOWED = or_(
     ~exists().where(categories.c.tenant_id == bindparam("tenant")),
     exists().where(categories.c.tenant_id == bindparam("tenant"), categories.c.key == bindparam("key")),
 )
-# A new ticket's number and SLA targets in one round trip. The number comes from the tenant's
-# sequence (made on its first ticket: migration 0016), and only when the category is allowed,
-# so a refused category takes none (and the statement returns no row). The priority's policy
-# and the tenant's calendar are outer-joined: NULL columns when the tenant has none.
+
+
+def _row_version(table: Table, *conditions: ColumnElement[bool]) -> ColumnElement[str | None]:
+    """The version of the row of `table` that meets `conditions` (NULL if there is none): its
+    `xmin`, the id of the transaction that wrote it, new on any change (a delete and re-create
+    included). As text: a 32-bit id, more than our integer types hold."""
+    return (
+        select(cast(literal_column("xmin"), Text))
+        .select_from(table)
+        .where(*conditions)
+        .correlate(None)
+        .scalar_subquery()
+    )
+
+
+# A create computes its SLA deadlines (in Python) from the priority's policy and the tenant's
+# calendar, which the service keeps between requests, checked against these versions.
+_POLICY_VERSION = _row_version(
+    sla_policies,
+    sla_policies.c.tenant_id == bindparam("tenant"),
+    sla_policies.c.priority == bindparam("priority"),
+)
+_CALENDAR_VERSION = _row_version(tenant_settings, tenant_settings.c.tenant_id == bindparam("tenant"))
+
+# The rules of a new ticket: its policy and calendar (outer-joined: NULL columns when the tenant
+# has none) and their versions; no row when the tenant does not allow the category.
 _NEW_TICKET = select(literal_column("1").label("one")).subquery("new_ticket")
-_TAKE_NUMBER_AND_SLA_POLICY = (
+_NEW_TICKET_RULES = (
     select(
-        func.nextval(func.tickets.ticket_number_sequence(bindparam("tenant", type_=Text))).label("number"),
         *sla_repository.POLICY_COLUMNS,
         tenant_settings.c.tenant_id.label("calendar_tenant"),
         *sla_repository.CALENDAR_COLUMNS,
+        _POLICY_VERSION.label("policy_version"),
+        _CALENDAR_VERSION.label("calendar_version"),
     )
     .select_from(
         _NEW_TICKET.outerjoin(
@@ -108,22 +132,28 @@ _TAKE_NUMBER_AND_SLA_POLICY = (
 )
 
 
-async def take_number_and_sla_policy(
-    session: AsyncSession, tenant_id: str, category: str | None, priority: str
-) -> tuple[int | None, dict[str, Any] | None, dict[str, Any] | None]:
-    """(number, SLA policy, tenant calendar) for a new ticket; the number is None (and none was
-    taken) when the tenant does not allow `category`.
+@dataclass(frozen=True)
+class NewTicketRules:
+    """What a create needs before its INSERT, and the versions `insert_ticket` checks it by."""
 
-    A sequence's nextval() holds no lock until the create commits, so creates of one tenant do
-    not queue behind each other. A create that fails afterwards leaves a gap; numbers stay
-    unique and increasing.
-    """
-    rows = await fetch_all(
-        session, _TAKE_NUMBER_AND_SLA_POLICY, tenant=tenant_id, key=category, priority=priority
-    )
+    policy: dict[str, Any] | None
+    calendar: dict[str, Any] | None
+    policy_version: str | None
+    calendar_version: str | None
+
+
+async def new_ticket_rules(
+    session: AsyncSession, tenant_id: str, category: str | None, priority: str
+) -> NewTicketRules | None:
+    """The SLA policy and calendar a new ticket of `priority` gets; None when the tenant does not
+    allow `category`."""
+    rows = await fetch_all(session, _NEW_TICKET_RULES, tenant=tenant_id, key=category, priority=priority)
     if not rows:
-        return None, None, None
-    return rows[0]["number"], *sla_repository.policy_and_calendar_of(rows[0])
+        return None
+    row = rows[0]
+    return NewTicketRules(
+        *sla_repository.policy_and_calendar_of(row), row["policy_version"], row["calendar_version"]
+    )
 
 
 # -- create ------------------------------------------------------------------------------------
@@ -131,7 +161,6 @@ async def take_number_and_sla_policy(
 _INSERT_COLUMNS = [
     "id",
     "tenant_id",
-    "number",
     "subject",
     "description",
     "status",
@@ -159,27 +188,61 @@ _INSERT_COLUMNS = [
     "created_at",
     "updated_at",
 ]
-# The ticket and its `ticket.created` outbox row in one statement.
-_INSERT_TICKET_WITH_EVENT = (
+# The ticket's row is written only if the rules it was computed from still hold: the category is
+# allowed and the policy and calendar rows are the versions they were read at (else no row, and
+# no number taken). The number comes from the tenant's sequence (made on its first ticket:
+# migration 0016); nextval() holds no lock until the create commits, so creates of one tenant do
+# not queue behind each other. A create that fails afterwards leaves a gap; numbers stay unique
+# and increasing.
+_RULES_HOLD = and_(
+    or_(bindparam("key", type_=Text).is_(None), _CATEGORY_IS_ALLOWED),
+    _POLICY_VERSION.is_not_distinct_from(bindparam("policy_version", type_=Text)),
+    _CALENDAR_VERSION.is_not_distinct_from(bindparam("calendar_version", type_=Text)),
+)
+_INSERTED_TICKET = (
     insert(tickets)
-    # Parameter names must not equal column names: SQLAlchemy would treat such keys as extra
-    # column values for both INSERTs.
-    .values({name: bindparam(f"ticket_{name}", type_=tickets.c[name].type) for name in _INSERT_COLUMNS})
-    .add_cte(outbox_row_cte(outbox))
+    .from_select(
+        [*_INSERT_COLUMNS, "number"],
+        select(
+            # Parameter names must not equal column names: SQLAlchemy would treat such keys as
+            # extra column values for both INSERTs.
+            *(cast(bindparam(f"ticket_{name}"), tickets.c[name].type) for name in _INSERT_COLUMNS),
+            func.nextval(func.tickets.ticket_number_sequence(bindparam("tenant", type_=Text))),
+        ).where(_RULES_HOLD),
+    )
     .returning(*TICKET_COLUMNS)
+    .cte("inserted_ticket")
+)
+_INSERT_TICKET_WITH_EVENT = select(*_INSERTED_TICKET.c).add_cte(
+    outbox_row_cte(outbox, _INSERTED_TICKET, data_from_source=["number"])
 )
 
 
 async def insert_ticket(
-    session: AsyncSession, values: dict[str, Any], event_subject: str, event: CloudEvent
-) -> dict[str, Any]:
-    """Insert a ticket together with the outbox row of its event (a prepared driver-level
-    statement: the hottest write, SQLAlchemy's execution layer was a fifth of its CPU)."""
+    session: AsyncSession,
+    values: dict[str, Any],
+    rules: NewTicketRules,
+    event_subject: str,
+    event: CloudEvent,
+) -> dict[str, Any] | None:
+    """Insert a ticket (numbered here) together with the outbox row of its event, in one round
+    trip, if `rules` still hold (else None, nothing written). A prepared driver-level statement:
+    the hottest write, SQLAlchemy's execution layer was a fifth of its CPU."""
     params = {f"ticket_{name}": values.get(name) for name in _INSERT_COLUMNS}
     if params["ticket_custom_fields"] is not None:  # JSONB goes to the driver as JSON text
         params["ticket_custom_fields"] = json.dumps(params["ticket_custom_fields"], ensure_ascii=False)
     params.update(outbox_row_params(event_subject, event))
-    return (await fetch_all(session, _INSERT_TICKET_WITH_EVENT, **params))[0]
+    rows = await fetch_all(
+        session,
+        _INSERT_TICKET_WITH_EVENT,
+        tenant=values["tenant_id"],
+        key=values["category"],
+        priority=values["priority"],
+        policy_version=rules.policy_version,
+        calendar_version=rules.calendar_version,
+        **params,
+    )
+    return rows[0] if rows else None
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

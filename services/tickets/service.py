@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -196,6 +197,29 @@ async def _record(
 # -- create and read ---------------------------------------------------------------------------
 
 
+# The rules of recent creates per (tenant, priority), with their SLA calendar, kept between
+# requests: a create then needs no round trip to read them. Never trusted blindly: the INSERT
+# writes only while the rows they came from are unchanged, else they are read again.
+_KNOWN_RULES: OrderedDict[tuple[str, str], tuple[repository.NewTicketRules, sla.Targets]] = OrderedDict()
+_KNOWN_RULES_KEPT = 4096
+# Rules read afresh that fail their INSERT again mean an admin is changing them at this moment.
+_CREATE_ATTEMPTS = 3
+
+
+async def _new_ticket_rules(
+    session: AsyncSession, tenant: str, category: str | None, priority: str
+) -> tuple[repository.NewTicketRules, sla.Targets]:
+    rules = await repository.new_ticket_rules(session, tenant, category, priority)
+    if rules is None:
+        await _unknown_category(session, tenant, category)
+    known = rules, (rules.policy, sla.business_calendar(rules.policy, rules.calendar))
+    _KNOWN_RULES[(tenant, priority)] = known
+    _KNOWN_RULES.move_to_end((tenant, priority))
+    if len(_KNOWN_RULES) > _KNOWN_RULES_KEPT:
+        _KNOWN_RULES.popitem(last=False)
+    return known
+
+
 async def create_ticket(session: AsyncSession, identity: Identity, data: TicketCreate) -> dict[str, Any]:
     if not is_staff(identity):
         restricted = sorted(STAFF_ONLY_CREATE_FIELDS & data.model_fields_set)
@@ -205,32 +229,39 @@ async def create_ticket(session: AsyncSession, identity: Identity, data: TicketC
     await _check_parent(session, tenant, None, data.parent_id)
     now = datetime.now(UTC)
     priority = data.priority.value
-    number, policy, calendar = await repository.take_number_and_sla_policy(
-        session, tenant, data.category, priority
-    )
-    if number is None:
-        await _unknown_category(session, tenant, data.category)
-    sla.remember_policy(session, tenant, priority, policy, calendar)
-    deadlines = await sla.deadlines_for_new_ticket(session, tenant, priority, now)
     values = data.model_dump(mode="python")
     values.update(
         id=new_id(),
         tenant_id=tenant,
-        number=number,
+        number=0,  # the INSERT takes it from the tenant's sequence, and puts it in the event too
         status="open",
         status_category="open",
-        priority=data.priority.value,
+        priority=priority,
         requester_id=data.requester_id or identity.user_id,
         search_terms=search.search_terms_of(f"{data.subject} {data.description}"),
         created_at=now,
         updated_at=now,
-        **deadlines,
     )
-    payload = TicketCreated(
-        ticket_id=values["id"], **{k: v for k, v in values.items() if k in TicketCreated.model_fields}
+    known = _KNOWN_RULES.get((tenant, priority))
+    for _ in range(_CREATE_ATTEMPTS):
+        if known is None:
+            known = await _new_ticket_rules(session, tenant, data.category, priority)
+        rules, targets = known
+        values.update(sla.new_ticket_deadlines(targets, now))
+        payload = TicketCreated(
+            ticket_id=values["id"], **{k: v for k, v in values.items() if k in TicketCreated.model_fields}
+        )
+        subject, event = _event(tenant, "ticket", "created", str(values["id"]), payload)
+        created = await repository.insert_ticket(session, values, rules, subject, event)
+        if created is not None:
+            return created
+        known = None  # the rules changed since they were read, or the category is not allowed
+    raise ProblemError(
+        503,
+        "Service Unavailable",
+        "the tenant's SLA settings changed during the create; try again",
+        headers={"Retry-After": "1"},
     )
-    subject, event = _event(tenant, "ticket", "created", str(values["id"]), payload)
-    return await repository.insert_ticket(session, values, subject, event)
 
 
 async def get_ticket(session: AsyncSession, identity: Identity, ticket_id: UUID) -> dict[str, Any]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import httpx
+from sqlalchemy import event
 
 from libs.common.db import plain_dsn
 from tests.conftest import Infra
@@ -161,3 +163,47 @@ async def updates_refused(infra, ticket_id: str) -> AsyncIterator[None]:
     finally:
         await admin_fetch(infra, "DROP TRIGGER refuse_update ON tickets.tickets")
         await admin_fetch(infra, f"DROP FUNCTION {name}()")
+
+
+# -- statements per request ---------------------------------------------------------------------
+
+_counting: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("counting", default=None)
+
+
+def _record(statement: str) -> None:
+    statements = _counting.get()
+    if statements is not None:
+        statements.append(statement.split(None, 1)[0].upper() + " " + statement[:80])
+
+
+def _log_query(record: Any) -> None:  # asyncpg query logger: raw driver statements (fetch_all, BEGIN)
+    _record(record.query)
+
+
+def count_statements(engine) -> None:
+    """Count every statement the engine's connections run in the current context.
+
+    Two places, because the service uses two paths: SQLAlchemy executions (prepared statements,
+    invisible to asyncpg's query logger) and raw asyncpg calls (`fetch_all`, BEGIN/COMMIT).
+    Only statements issued under the test's context variable count, so the outbox relay
+    polling in its own task does not.
+    """
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _before(_conn, _cursor, statement, _params, _context, _executemany) -> None:
+        _record(statement)
+
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _checkout(dbapi_connection, _record_, _proxy) -> None:
+        dbapi_connection.driver_connection.add_query_logger(_log_query)
+
+
+@contextlib.contextmanager
+def statements_run() -> Iterator[list[str]]:
+    """The statements run inside the block by engines `count_statements` watches."""
+    statements: list[str] = []
+    token = _counting.set(statements)
+    try:
+        yield statements
+    finally:
+        _counting.reset(token)

@@ -8,7 +8,15 @@ from libs.common.db import plain_dsn
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
-from tests.tickets.helpers import TICKETS, admin_fetch, create_ticket, outbox_types, tenant_state
+from tests.tickets.helpers import (
+    TICKETS,
+    admin_fetch,
+    count_statements,
+    create_ticket,
+    outbox_types,
+    statements_run,
+    tenant_state,
+)
 
 
 async def test_an_agent_creates_a_maintenance_ticket_with_every_field(tickets, infra):
@@ -136,6 +144,25 @@ async def test_a_create_whose_number_takes_too_long_is_a_503_that_wrote_nothing(
         assert response.headers["retry-after"]
         assert await tenant_state(infra, tenant) == before
         assert (await create_ticket(client, agent, subject="third"))["number"] == 2
+
+
+async def test_a_create_like_an_earlier_one_runs_only_its_insert_in_the_transaction(infra):
+    """The SLA policy and calendar a create reads are kept for the next create of the tenant and
+    priority; the INSERT itself checks they still hold. So a create runs BEGIN (with the tenant
+    scope), the INSERT (ticket, number and event together) and COMMIT: three round trips."""
+    app = create_app(settings_for(infra, Settings, "tickets"))
+    agent = auth_headers(infra, unique_tenant(), ["agent"], "agent-1")
+    async with app_client(app) as client:
+        count_statements(app.state.engine)
+        with statements_run() as first_statements:
+            first = await create_ticket(client, agent, subject="first", priority="high", category="hvac")
+        with statements_run() as statements:
+            second = await create_ticket(client, agent, subject="second", priority="high", category="other")
+    assert any("tickets.sla_policies" in statement for statement in first_statements)  # rules read
+    assert len(statements) == 3, statements
+    assert statements[0].startswith("BEGIN;") and statements[2].startswith("COMMIT")
+    assert "INSERT INTO tickets.tickets" in statements[1] or "inserted_ticket" in statements[1], statements
+    assert second["number"] == first["number"] + 1
 
 
 async def test_the_first_tickets_of_a_new_tenant_made_at_once_are_numbered_1_to_n(tickets, infra):

@@ -11,7 +11,6 @@ statements and PostgreSQL switches to a generic plan after five executions.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 import pytest_asyncio
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from bench import seed_tickets
@@ -30,6 +29,7 @@ from services.tickets import repository
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
 from tests.conftest import Infra, app_client, auth_headers, settings_for, unique_tenant
+from tests.tickets.helpers import count_statements, statements_run
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -284,36 +284,6 @@ async def test_queue_filters_read_the_first_page_in_index_order(probe: PlanProbe
 
 # -- statements per list request ----------------------------------------------------------------
 
-_counting: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("counting", default=None)
-
-
-def _record(statement: str) -> None:
-    statements = _counting.get()
-    if statements is not None:
-        statements.append(statement.split(None, 1)[0].upper() + " " + statement[:80])
-
-
-def _log_query(record: Any) -> None:  # asyncpg query logger: raw driver statements (fetch_all, BEGIN)
-    _record(record.query)
-
-
-def count_statements(engine) -> None:
-    """Count every statement the engine's connections run in the current context.
-
-    Two places, because the service uses two paths: SQLAlchemy executions (prepared statements,
-    invisible to asyncpg's query logger) and raw asyncpg calls (`fetch_all`, BEGIN/COMMIT).
-    Only statements issued under the test's context variable count, so the outbox relay
-    polling in its own task does not.
-    """
-
-    @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def _before(_conn, _cursor, statement, _params, _context, _executemany) -> None:
-        _record(statement)
-
-    @event.listens_for(engine.sync_engine.pool, "checkout")
-    def _checkout(dbapi_connection, _record_, _proxy) -> None:
-        dbapi_connection.driver_connection.add_query_logger(_log_query)
-
 
 @pytest.mark.parametrize(
     "query",
@@ -335,12 +305,8 @@ async def test_statements_per_list_request_do_not_grow_with_page_size(
         count_statements(app.state.engine)
         await client.get("/api/v1/tickets?limit=1", headers=headers)  # warm the pool and caches
         for limit in (1, 200):
-            statements: list[str] = []
-            token = _counting.set(statements)
-            try:
+            with statements_run() as statements:
                 response = await client.get(f"/api/v1/tickets?limit={limit}{query}", headers=headers)
-            finally:
-                _counting.reset(token)
             assert response.status_code == 200, response.text
             assert len(response.json()["items"]) == limit
             counts[limit] = statements

@@ -11,6 +11,7 @@ from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
 from tests.tickets.helpers import (
     TICKETS,
     add_comment,
+    admin_fetch,
     assert_problem,
     create_ticket,
     minutes_after_creation,
@@ -363,6 +364,69 @@ async def test_a_new_calendar_moves_business_hours_deadlines_when_asked(tickets,
     later = await create_ticket(tickets, staff, priority="medium")
     assert later["first_response_due_at"] == moved["first_response_due_at"]
     assert minutes_after_creation(later, "due_at") > 120
+
+
+async def test_each_create_follows_the_rules_as_they_are_at_that_moment(tickets, infra):
+    """Creates reuse the policy and calendar that earlier creates of the tenant and priority read,
+    but only while those rows are unchanged: the create right after any change (a new, changed,
+    deleted or re-created policy, a new calendar) follows it. No number is skipped and every
+    event carries its ticket's number."""
+    tenant = unique_tenant()
+    staff, boss = agent(infra, tenant), admin(infra, tenant)
+    created = [await create_ticket(tickets, staff, priority="urgent")]
+    assert created[-1]["due_at"] is None
+
+    async def create_after(change) -> dict:
+        response = await change
+        assert response.status_code in (200, 204), response.text
+        created.append(await create_ticket(tickets, staff, priority="urgent"))
+        return created[-1]
+
+    def targets(ticket):
+        return minutes_after_creation(ticket, "first_response_due_at"), minutes_after_creation(
+            ticket, "due_at"
+        )
+
+    ticket = await create_after(tickets.put(f"{POLICIES}/urgent", json=URGENT, headers=boss))
+    assert targets(ticket) == (15, 240)
+    created.append(await create_ticket(tickets, staff, priority="urgent"))
+    assert targets(created[-1]) == (15, 240)
+    slower = {**URGENT, "resolution_minutes": 480}
+    assert targets(await create_after(tickets.put(f"{POLICIES}/urgent", json=slower, headers=boss))) == (
+        15,
+        480,
+    )
+
+    # Business hours only, open on a far-away weekday: deadlines move to then once a calendar says so.
+    business = {**slower, "business_hours_only": True}
+    assert targets(await create_after(tickets.put(f"{POLICIES}/urgent", json=business, headers=boss))) == (
+        15,
+        480,
+    )
+    far_day = "wed" if datetime.now().weekday() in (6, 0) else "sun"
+    hours = {"time_zone": "UTC", "business_hours": {far_day: [["09:00", "10:00"]]}}
+    ticket = await create_after(tickets.put(CALENDAR, json=hours, headers=boss))
+    # 15 minutes into the first open hour; 480 minutes are eight whole open days (one hour each).
+    assert datetime.fromisoformat(ticket["first_response_due_at"]).strftime("%H:%M") == "09:15"
+    assert datetime.fromisoformat(ticket["due_at"]).strftime("%H:%M") == "10:00"
+    hours["business_hours"][far_day] = [["09:00", "11:00"]]  # now four days of two hours
+    ticket = await create_after(tickets.put(CALENDAR, json=hours, headers=boss))
+    assert datetime.fromisoformat(ticket["due_at"]).strftime("%H:%M") == "11:00"
+
+    assert targets(await create_after(tickets.delete(f"{POLICIES}/urgent", headers=boss))) == (None, None)
+    assert targets(await create_after(tickets.put(f"{POLICIES}/urgent", json=URGENT, headers=boss))) == (
+        15,
+        240,
+    )
+
+    assert [ticket["number"] for ticket in created] == list(range(1, len(created) + 1))
+    events = await admin_fetch(
+        infra,
+        "SELECT aggregate_id, (payload->'data'->>'number')::int AS number FROM tickets.outbox"
+        " WHERE payload->>'tenant' = $1 AND payload->>'type' = 'helpdesk.tickets.ticket.created.v1'",
+        tenant,
+    )
+    assert {row["aggregate_id"]: row["number"] for row in events} == {t["id"]: t["number"] for t in created}
 
 
 async def test_apply_to_open_tickets_must_be_a_boolean(tickets, infra):

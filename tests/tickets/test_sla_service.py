@@ -42,6 +42,10 @@ async def policy(session, tenant, priority="high", first=60, resolution=240, **o
     await service.put_policy(session, tenant, priority, data)
 
 
+async def new_ticket_deadlines(session, tenant, priority):
+    return service.new_ticket_deadlines(await service.policy_and_calendar(session, tenant, priority), CREATED)
+
+
 def ticket(**overrides):
     row = {
         "id": "00000000-0000-0000-0000-000000000001",
@@ -64,7 +68,7 @@ def ticket(**overrides):
 async def test_new_ticket_without_a_policy_has_no_deadlines(tenant_session):
     tenant, session = tenant_session
     await policy(session, tenant, "urgent")
-    assert await service.deadlines_for_new_ticket(session, tenant, "low", CREATED) == {
+    assert await new_ticket_deadlines(session, tenant, "low") == {
         "first_response_due_at": None,
         "due_at": None,
     }
@@ -76,7 +80,7 @@ async def test_new_ticket_deadlines_round_the_clock_ignore_the_calendar(tenant_s
     await service.put_calendar(
         session, tenant, CalendarWrite(time_zone="Asia/Seoul", business_hours=WEEKDAYS)
     )
-    deadlines = await service.deadlines_for_new_ticket(session, tenant, "high", CREATED)
+    deadlines = await new_ticket_deadlines(session, tenant, "high")
     assert deadlines == {
         "first_response_due_at": CREATED + timedelta(minutes=30),
         "due_at": CREATED + timedelta(days=1),
@@ -87,15 +91,13 @@ async def test_new_ticket_deadlines_in_business_hours_skip_evenings_and_holidays
     tenant, session = tenant_session
     await policy(session, tenant, first=60, resolution=16 * 60, business_hours_only=True)
     # Without a calendar row, business-hours policies count round the clock.
-    assert (await service.deadlines_for_new_ticket(session, tenant, "high", CREATED))[
-        "due_at"
-    ] == CREATED + timedelta(hours=16)
+    assert (await new_ticket_deadlines(session, tenant, "high"))["due_at"] == CREATED + timedelta(hours=16)
     await service.put_calendar(
         session,
         tenant,
         CalendarWrite(time_zone="Asia/Seoul", business_hours=WEEKDAYS, holidays=["2025-03-05"]),
     )
-    deadlines = await service.deadlines_for_new_ticket(session, tenant, "high", CREATED)
+    deadlines = await new_ticket_deadlines(session, tenant, "high")
     assert deadlines["first_response_due_at"] == datetime(2025, 3, 4, 11, 0, tzinfo=SEOUL)
     # Tue 10-18 (8 h), Wed is a holiday, Thu 09-17 (8 h).
     assert deadlines["due_at"] == datetime(2025, 3, 6, 17, 0, tzinfo=SEOUL)
@@ -107,7 +109,7 @@ async def test_holidays_without_weekly_hours_count_every_other_day_round_the_clo
     await service.put_calendar(
         session, tenant, CalendarWrite(time_zone="Asia/Seoul", holidays=["2025-03-05"])
     )
-    deadlines = await service.deadlines_for_new_ticket(session, tenant, "high", CREATED)
+    deadlines = await new_ticket_deadlines(session, tenant, "high")
     # 14 h left of Tuesday, Wednesday skipped, 10 h of Thursday.
     assert deadlines["due_at"] == datetime(2025, 3, 6, 10, 0, tzinfo=SEOUL)
 

@@ -71,22 +71,8 @@ def _forget_policies(session: AsyncSession) -> None:
     session.info.pop(_POLICY_CACHE, None)
 
 
-def remember_policy(
-    session: AsyncSession,
-    tenant_id: str,
-    priority: str,
-    policy: dict[str, Any] | None,
-    settings: dict[str, Any] | None,
-) -> None:
-    """Keep a policy and calendar read with something else (a create reads them with its number)
-    for the transaction, as if looked up here."""
-    session.info.setdefault(_POLICY_CACHE, {})[(tenant_id, priority)] = (
-        policy,
-        business_calendar(policy, settings),
-    )
-
-
-async def _policy_and_calendar(session: AsyncSession, tenant_id: str, priority: str) -> Targets:
+async def policy_and_calendar(session: AsyncSession, tenant_id: str, priority: str) -> Targets:
+    """The priority's SLA policy and the tenant's calendar."""
     # Kept for the transaction: a bulk update of 500 tickets reads each priority's policy once.
     cache = session.info.setdefault(_POLICY_CACHE, {})
     key = (tenant_id, priority)
@@ -104,12 +90,9 @@ def _deadline(start: datetime, minutes: float, calendar: BusinessCalendar | None
         return None
 
 
-async def deadlines_for_new_ticket(
-    session: AsyncSession, tenant_id: str, priority: str, created_at: datetime
-) -> dict[str, datetime | None]:
-    """{"first_response_due_at": ..., "due_at": ...}; both None when the tenant has no policy
-    for the priority."""
-    policy, calendar = await _policy_and_calendar(session, tenant_id, priority)
+def new_ticket_deadlines(targets: Targets, created_at: datetime) -> dict[str, datetime | None]:
+    """The deadlines of a ticket created at `created_at` under a policy and its calendar."""
+    policy, calendar = targets
     if policy is None:
         return {"first_response_due_at": None, "due_at": None}
     return {
@@ -148,7 +131,7 @@ async def deadline_changes(
     resuming = paused_at is not None and after["status_category"] != PENDING
     if not (priority_changed or entering_pending or resuming):
         return {}
-    policy, calendar = await _policy_and_calendar(session, tenant_id, str(after["priority"]))
+    policy, calendar = await policy_and_calendar(session, tenant_id, str(after["priority"]))
     responded = after.get("first_responded_at") is not None
     first_due, due = after.get("first_response_due_at"), after.get("due_at")
     changes: dict[str, Any] = {}
@@ -209,7 +192,7 @@ async def current_deadline_changes(
 ) -> dict[str, Any]:
     """Column updates that give an open ticket the deadlines its priority's policy and the
     calendar set now (after an admin changed them); {} when nothing moves."""
-    targets = await _policy_and_calendar(session, tenant_id, str(ticket["priority"]))
+    targets = await policy_and_calendar(session, tenant_id, str(ticket["priority"]))
     first_due, due = _retargeted(ticket, targets)
     return _deadline_columns(
         ticket,
