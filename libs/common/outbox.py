@@ -86,15 +86,28 @@ def quiet_lock_key(schema: str) -> int:
 
 async def record_event(session: AsyncSession, outbox: Table, subject: str, event: CloudEvent) -> None:
     """Add an event to the outbox in the caller's transaction (never publishes directly)."""
+    await record_events(session, outbox, [(subject, event)])
+
+
+async def record_events(
+    session: AsyncSession, outbox: Table, events: Sequence[tuple[str, CloudEvent]]
+) -> None:
+    """Add (subject, event) pairs to the outbox in the caller's transaction, in this order, in
+    one statement however many there are (a multi-row INSERT)."""
+    if not events:
+        return
     conn = await session.connection()
     await conn.execute(
         insert(outbox),
-        {
-            "event_id": event.id,
-            "subject": subject,
-            "aggregate_id": event.subject,
-            "payload": event.model_dump(mode="json"),
-        },
+        [
+            {
+                "event_id": event.id,
+                "subject": subject,
+                "aggregate_id": event.subject,
+                "payload": event.model_dump(mode="json"),
+            }
+            for subject, event in events
+        ],
     )
 
 

@@ -24,6 +24,7 @@ from services.tickets.sla import scheduler as scheduler_module
 from services.tickets.sla import service as sla_service_module
 from services.tickets.sla.scheduler import run_sla_scheduler, scan_once, scan_tenant
 from tests.conftest import app_client, settings_for, unique_tenant, wait_until
+from tests.tickets.helpers import count_statements, statements_run
 
 BREACHED_TYPE = "helpdesk.tickets.ticket.sla_breached.v1"
 
@@ -132,6 +133,26 @@ async def test_two_schedulers_announce_each_breach_exactly_once(infra, admin_eng
 
 async def _count_at_least(admin_engine, tenant, expected):
     return len(await breach_events(admin_engine, tenant)) >= expected
+
+
+async def test_a_scan_records_a_batch_of_breaches_in_one_statement_per_kind(infra, admin_engine):
+    """After an outage a scan may announce thousands of breaches: their events are written with
+    one outbox statement per batch and kind, not one per breach."""
+    tenant = unique_tenant("sla")
+    for _ in range(10):
+        await insert_ticket(admin_engine, tenant)
+    engine = create_engine(settings_for(infra, Settings, "tickets"))
+    try:
+        count_statements(engine)
+        with statements_run() as statements:
+            announced = await scan_tenant(create_session_factory(engine), tenant, 50)
+    finally:
+        await engine.dispose()
+    assert announced == 20
+    inserts = [statement for statement in statements if "INTO tickets.outbox" in statement]
+    assert len(inserts) == 2 * 2, statements  # one executemany per kind, seen by both counting hooks
+    events = await breach_events(admin_engine, tenant)
+    assert sorted(event["data"]["kind"] for event in events) == ["first_response"] * 10 + ["resolution"] * 10
 
 
 async def test_breach_event_carries_the_deadline_and_the_ticket(infra, admin_engine):

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from libs.common.auth import Identity
 from libs.common.errors import ProblemError, invalid_field
 from libs.common.events import build_event
-from libs.common.outbox import record_event
+from libs.common.outbox import record_events
 from services.tickets.events import SERVICE, TicketSlaBreached, snapshot
 from services.tickets.models import outbox
 from services.tickets.sla import repository
@@ -356,21 +356,24 @@ async def announce_breaches(session: AsyncSession, tenant_id: str, now: datetime
     """
     announced = 0
     for kind in BREACH_KINDS:
+        events = []
         for row in await repository.mark_breaches(session, tenant_id, kind, now, limit):
             deadline = row["first_response_due_at"] if kind == "first_response" else row["due_at"]
             payload = TicketSlaBreached(
                 ticket_id=row["id"], kind=kind, due_at=deadline, breached_at=now, ticket=snapshot(row)
             )
-            subject, event = build_event(
-                service=SERVICE,
-                tenant=tenant_id,
-                aggregate="ticket",
-                event="sla_breached",
-                aggregate_id=str(row["id"]),
-                data=payload,
+            events.append(
+                build_event(
+                    service=SERVICE,
+                    tenant=tenant_id,
+                    aggregate="ticket",
+                    event="sla_breached",
+                    aggregate_id=str(row["id"]),
+                    data=payload,
+                )
             )
-            await record_event(session, outbox, subject, event)
-            announced += 1
             # Debug: after downtime a scan can announce thousands; the scheduler logs a count per tenant.
             log.debug("sla_breached", tenant=tenant_id, ticket_id=str(row["id"]), kind=kind)
+        await record_events(session, outbox, events)  # one statement for the batch
+        announced += len(events)
     return announced
