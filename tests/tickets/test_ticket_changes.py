@@ -4,15 +4,19 @@ import asyncio
 
 import pytest
 
+from services.tickets.app import create_app
+from services.tickets.settings import Settings
 from services.tickets.workflow import CATEGORY_TRANSITIONS, StatusCategory
-from tests.conftest import auth_headers, unique_tenant
+from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
 from tests.tickets.helpers import (
     TICKETS,
     admin_fetch,
     assert_problem,
+    count_statements,
     create_ticket,
     outbox_types,
     patch_ticket,
+    statements_run,
 )
 
 BUILTIN = [category.value for category in StatusCategory]
@@ -302,3 +306,23 @@ async def test_parent_and_child_links(tickets, agent):
     assert cycle.status_code == 422
     unlinked = await patch_ticket(tickets, agent, child, parent_id=None)
     assert unlinked.status_code == 200 and unlinked.json()["parent_id"] is None
+
+
+async def test_a_change_records_all_its_events_in_one_statement(infra, agent):
+    """A PATCH of status and assignee announces ticket.updated, ticket.status_changed and
+    ticket.assigned, in that order, written to the outbox together."""
+    app = create_app(settings_for(infra, Settings, "tickets"))
+    async with app_client(app) as client:
+        ticket = await create_ticket(client, agent)
+        count_statements(app.state.engine)
+        with statements_run() as statements:
+            changed = await patch_ticket(client, agent, ticket, status="in_progress", assignee_id="agent-2")
+    assert changed.status_code == 200, changed.text
+    inserts = [statement for statement in statements if "INTO tickets.outbox" in statement]
+    assert len(inserts) == 2, statements  # one executemany, seen by both counting hooks
+    assert await outbox_types(infra, ticket["id"]) == [
+        "helpdesk.tickets.ticket.created.v1",
+        "helpdesk.tickets.ticket.updated.v1",
+        "helpdesk.tickets.ticket.status_changed.v1",
+        "helpdesk.tickets.ticket.assigned.v1",
+    ]
