@@ -1,10 +1,13 @@
 """Creating tickets: every field, who may set what, tenant categories, SLA deadlines, numbers."""
 
 import asyncio
+import dataclasses
 
 import asyncpg
 
 from libs.common.db import plain_dsn
+from services.tickets import repository
+from services.tickets import service as ticket_service
 from services.tickets.app import create_app
 from services.tickets.settings import Settings
 from tests.conftest import app_client, auth_headers, settings_for, unique_tenant
@@ -163,6 +166,36 @@ async def test_a_create_like_an_earlier_one_runs_only_its_insert_in_the_transact
     assert statements[0].startswith("BEGIN;") and statements[2].startswith("COMMIT")
     assert "INSERT INTO tickets.tickets" in statements[1] or "inserted_ticket" in statements[1], statements
     assert second["number"] == first["number"] + 1
+
+
+async def test_rules_that_keep_changing_end_the_create_in_a_503_that_wrote_nothing(
+    tickets, infra, monkeypatch
+):
+    """Were the SLA rules a create reads changed before its INSERT every time (an admin saving
+    them at that very moment), the INSERT writes nothing each time; after a few reads the create
+    gives up: 503 with Retry-After, nothing written, no number used. Here each read hands back
+    a version no row has, so the database's own check refuses every try."""
+    tenant = unique_tenant()
+    agent = auth_headers(infra, tenant, ["agent"], "agent-1")
+    first = await create_ticket(tickets, agent, priority="low")
+    before = await tenant_state(infra, tenant)
+    read = repository.new_ticket_rules
+    reads = []
+
+    async def outdated_rules(*args):
+        reads.append(args)
+        return dataclasses.replace(await read(*args), calendar_version="0")
+
+    monkeypatch.setattr(repository, "new_ticket_rules", outdated_rules)
+    monkeypatch.delitem(ticket_service._KNOWN_RULES, (tenant, "low"))
+    response = await tickets.post(TICKETS, json={"subject": "second", "priority": "low"}, headers=agent)
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "1"
+    assert len(reads) == 3
+    assert await tenant_state(infra, tenant) == before
+
+    monkeypatch.undo()
+    assert (await create_ticket(tickets, agent, priority="low"))["number"] == first["number"] + 1
 
 
 async def test_the_first_tickets_of_a_new_tenant_made_at_once_are_numbered_1_to_n(tickets, infra):
