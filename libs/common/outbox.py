@@ -93,7 +93,7 @@ async def record_events(
     session: AsyncSession, outbox: Table, events: Sequence[tuple[str, CloudEvent]]
 ) -> None:
     """Add (subject, event) pairs to the outbox in the caller's transaction, in this order, in
-    one statement however many there are (a multi-row INSERT)."""
+    one statement however many there are (an executemany, which asyncpg sends in one round trip)."""
     if not events:
         return
     conn = await session.connection()

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Identity
 from libs.common.errors import ProblemError, invalid_field
-from libs.common.events import build_event
+from libs.common.events import CloudEvent, build_event
 from libs.common.ids import new_id
 from libs.common.outbox import record_event, record_events
 from services.tickets import repository, search
@@ -440,50 +440,40 @@ async def _announce_changes(
     if not tracked:
         return
     state = snapshot(after)
-    events = [
-        _event(
-            tenant,
-            "ticket",
-            "updated",
-            ticket_id,
-            TicketUpdated(ticket_id=ticket_id, actor_id=identity.user_id, changes=tracked, ticket=state),
-        )
-    ]
+    events: list[tuple[str, CloudEvent]] = []
+
+    def announce(event: str, data: BaseModel) -> None:
+        events.append(_event(tenant, "ticket", event, ticket_id, data))
+
+    announce(
+        "updated",
+        TicketUpdated(ticket_id=ticket_id, actor_id=identity.user_id, changes=tracked, ticket=state),
+    )
     if "status" in tracked:
-        events.append(
-            _event(
-                tenant,
-                "ticket",
-                "status_changed",
-                ticket_id,
-                TicketStatusChanged(
-                    ticket_id=ticket_id,
-                    actor_id=identity.user_id,
-                    old_status=before["status"],
-                    new_status=after["status"],
-                    old_category=before["status_category"],
-                    new_category=after["status_category"],
-                    ticket=state,
-                ),
-            )
+        announce(
+            "status_changed",
+            TicketStatusChanged(
+                ticket_id=ticket_id,
+                actor_id=identity.user_id,
+                old_status=before["status"],
+                new_status=after["status"],
+                old_category=before["status_category"],
+                new_category=after["status_category"],
+                ticket=state,
+            ),
         )
     if "assignee_id" in tracked or "group_id" in tracked:
-        events.append(
-            _event(
-                tenant,
-                "ticket",
-                "assigned",
-                ticket_id,
-                TicketAssigned(
-                    ticket_id=ticket_id,
-                    actor_id=identity.user_id,
-                    old_assignee_id=before["assignee_id"],
-                    new_assignee_id=after["assignee_id"],
-                    old_group_id=before["group_id"],
-                    new_group_id=after["group_id"],
-                    ticket=state,
-                ),
-            )
+        announce(
+            "assigned",
+            TicketAssigned(
+                ticket_id=ticket_id,
+                actor_id=identity.user_id,
+                old_assignee_id=before["assignee_id"],
+                new_assignee_id=after["assignee_id"],
+                old_group_id=before["group_id"],
+                new_group_id=after["group_id"],
+                ticket=state,
+            ),
         )
     await record_events(session, outbox, events)  # one statement for all of a change's events
 
