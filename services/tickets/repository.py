@@ -8,13 +8,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+from typing import cast as cast_type
 from uuid import UUID
 
 from sqlalchemy import (
     ColumnElement,
     Select,
     Table,
+    Update,
     and_,
     bindparam,
     cast,
@@ -31,9 +33,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.types import Text
 
-from libs.common.db import driver_connection, fetch_all, rows_as_dicts
+from libs.common.db import driver_connection, fetch_all, fetch_many, rows_as_dicts
 from libs.common.events import CloudEvent
 from libs.common.outbox import outbox_row_cte, outbox_row_params
 from services.tickets import search
@@ -228,9 +231,7 @@ async def insert_ticket(
     """Insert a ticket (numbered here) together with the outbox row of its event, in one round
     trip, if `rules` still hold (else None, nothing written). A prepared driver-level statement:
     the hottest write, SQLAlchemy's execution layer was a fifth of its CPU."""
-    params = {f"ticket_{name}": values.get(name) for name in _INSERT_COLUMNS}
-    if params["ticket_custom_fields"] is not None:  # JSONB goes to the driver as JSON text
-        params["ticket_custom_fields"] = json.dumps(params["ticket_custom_fields"], ensure_ascii=False)
+    params = {f"ticket_{name}": _driver_value(name, values.get(name)) for name in _INSERT_COLUMNS}
     params.update(outbox_row_params(event_subject, event))
     rows = await fetch_all(
         session,
@@ -428,8 +429,10 @@ def _shape(filters: TicketFilters, sort: Sort, own_only: bool, after: bool) -> t
     return present, sort, own_only, after
 
 
-_LIST_QUERIES: OrderedDict[tuple, Select] = OrderedDict()
-_LIST_QUERY_CACHE_SIZE = 1024
+# Prepared statements per shape: lists and searches per filter set, updates per set of columns.
+QueryT = TypeVar("QueryT", bound=Executable)
+_QUERIES: OrderedDict[tuple, Executable] = OrderedDict()
+_QUERY_CACHE_SIZE = 1024
 
 
 def _list_query(filters: TicketFilters, sort: Sort, own_only: bool, after: bool) -> Select:
@@ -439,14 +442,14 @@ def _list_query(filters: TicketFilters, sort: Sort, own_only: bool, after: bool)
     )
 
 
-def _cached_query(key: tuple, build: Callable[[], Select]) -> Select:
-    query = _LIST_QUERIES.get(key)
+def _cached_query(key: tuple, build: Callable[[], QueryT]) -> QueryT:
+    query = _QUERIES.get(key)
     if query is not None:
-        _LIST_QUERIES.move_to_end(key)
-        return query
-    query = _LIST_QUERIES[key] = build()
-    if len(_LIST_QUERIES) > _LIST_QUERY_CACHE_SIZE:
-        _LIST_QUERIES.popitem(last=False)
+        _QUERIES.move_to_end(key)
+        return cast_type(QueryT, query)  # the key says which kind of statement it is
+    query = _QUERIES[key] = build()
+    if len(_QUERIES) > _QUERY_CACHE_SIZE:
+        _QUERIES.popitem(last=False)
     return query
 
 
@@ -631,13 +634,53 @@ async def update_ticket(
     session: AsyncSession, tenant_id: str, ticket_id: str, values: dict[str, Any]
 ) -> dict[str, Any]:
     """Write changed columns and bump the version (the row is already locked by the caller)."""
-    query = (
+    return (await update_tickets(session, tenant_id, [(ticket_id, values)]))[0]
+
+
+async def update_tickets(
+    session: AsyncSession, tenant_id: str, writes: list[tuple[str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Write each ticket's changed columns and bump its version (the rows are already locked by
+    the caller); the updated rows, in the order of `writes`.
+
+    One round trip per set of changed columns, however many tickets (one per ticket made a bulk
+    update of 500 tickets take ~1.6 s).
+    """
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for ticket_id, values in writes:
+        params = {f"new_{name}": _driver_value(name, value) for name, value in values.items()}
+        params.update(tenant=tenant_id, ticket_id=ticket_id)
+        by_columns.setdefault(tuple(sorted(values)), []).append(params)
+    updated: dict[str, dict[str, Any]] = {}
+    for names, param_rows in by_columns.items():
+        rows = await fetch_many(session, _update_statement(names), param_rows)
+        updated.update((row["id"], row) for row in rows)
+    return [updated[str(ticket_id)] for ticket_id, _ in writes]
+
+
+_JSONB_COLUMNS = frozenset(column.name for column in tickets.c if isinstance(column.type, JSONB))
+
+
+def _driver_value(name: str, value: Any) -> Any:
+    """A column value as asyncpg takes it: JSONB as JSON text."""
+    if name in _JSONB_COLUMNS and value is not None:
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _update_statement(names: tuple[str, ...]) -> Update:
+    """The prepared UPDATE of these columns (cached per set of columns)."""
+    return _cached_query(("update", names), lambda: _build_update(names))
+
+
+def _build_update(names: tuple[str, ...]) -> Update:
+    return (
         update(tickets)
-        .where(tickets.c.tenant_id == tenant_id, tickets.c.id == UUID(ticket_id))
-        .values(**values, version=tickets.c.version + 1)
+        .where(tickets.c.tenant_id == bindparam("tenant"), tickets.c.id == bindparam("ticket_id"))
+        .values({name: bindparam(f"new_{name}", type_=tickets.c[name].type) for name in names})
+        .values(version=tickets.c.version + 1)
         .returning(*TICKET_COLUMNS)
     )
-    return _plain(rows_as_dicts(await session.execute(query))[0])
 
 
 _SIMILAR_QUERIES = {same: search.similar_query(tickets, same_building=same) for same in (False, True)}

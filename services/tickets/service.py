@@ -355,6 +355,22 @@ async def _apply_changes(
     now: datetime,
 ) -> dict[str, Any]:
     """Validate and write `requested` column changes on a locked ticket, with history and events."""
+    changes = await _planned_changes(session, identity, ticket, requested, workflow, now)
+    if not changes:
+        return repository.client_view(ticket)
+    return (await _write_changes(session, identity, [(ticket, changes)], now))[0]
+
+
+async def _planned_changes(
+    session: AsyncSession,
+    identity: Identity,
+    ticket: dict[str, Any],
+    requested: dict[str, Any],
+    workflow: Workflow,
+    now: datetime,
+) -> dict[str, Any]:
+    """The column changes `requested` makes on a locked ticket, with what the workflow and the SLA
+    add (timestamps, deadlines), once checked; empty when nothing changes. Writes nothing."""
     tenant = identity.tenant
     changes = {
         field: value
@@ -389,18 +405,36 @@ async def _apply_changes(
     if "parent_id" in changes:
         await _check_parent(session, tenant, ticket["id"], changes["parent_id"])
     if not changes:
-        return repository.client_view(ticket)
+        return {}
     after = {**ticket, **changes}
     if "subject" in changes or "description" in changes:
         changes["search_terms"] = search.search_terms_of(f"{after['subject']} {after['description']}")
     changes.update(await sla.deadline_changes(session, tenant, ticket, after, now))
-    changes = {
+    return {
         field: value
         for field, value in changes.items()
         if _json_value(value) != _json_value(ticket.get(field))
     }
-    updated = await repository.update_ticket(session, tenant, ticket["id"], {**changes, "updated_at": now})
-    await _announce_changes(session, identity, ticket, updated, changes, now)
+
+
+async def _write_changes(
+    session: AsyncSession,
+    identity: Identity,
+    planned: list[tuple[dict[str, Any], dict[str, Any]]],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Write each (locked ticket, its column changes) with history and events; the updated
+    tickets. Three round trips however many tickets: the updates, the history, the events."""
+    writes = [(ticket["id"], {**changes, "updated_at": now}) for ticket, changes in planned]
+    updated = await repository.update_tickets(session, identity.tenant, writes)
+    history: list[dict[str, Any]] = []
+    events: list[tuple[str, CloudEvent]] = []
+    for (ticket, changes), after in zip(planned, updated, strict=True):
+        entries, announced = _change_records(identity, ticket, after, changes, now)
+        history += entries
+        events += announced
+    await repository.insert_history(session, history)
+    await record_events(session, outbox, events)
     return updated
 
 
@@ -419,28 +453,26 @@ def _history_entry(
     }
 
 
-async def _announce_changes(
-    session: AsyncSession,
+def _change_records(
     identity: Identity,
     before: dict[str, Any],
     after: dict[str, Any],
     changes: dict[str, Any],
     now: datetime,
-) -> None:
+) -> tuple[list[dict[str, Any]], list[tuple[str, CloudEvent]]]:
+    """A change's history entries and events: ticket.updated, then ticket.status_changed and
+    ticket.assigned when those moved."""
     tenant, ticket_id = identity.tenant, after["id"]
     tracked = {
         field: FieldChange(old=_json_value(before[field]), new=_json_value(after[field]))
         for field in changes
         if field in TRACKED_FIELDS
     }
-    await repository.insert_history(
-        session,
-        [_history_entry(identity, ticket_id, field, c.old, c.new, now) for field, c in tracked.items()],
-    )
-    if not tracked:
-        return
-    state = snapshot(after)
+    history = [_history_entry(identity, ticket_id, field, c.old, c.new, now) for field, c in tracked.items()]
     events: list[tuple[str, CloudEvent]] = []
+    if not tracked:
+        return history, events
+    state = snapshot(after)
 
     def announce(event: str, data: BaseModel) -> None:
         events.append(_event(tenant, "ticket", event, ticket_id, data))
@@ -475,7 +507,7 @@ async def _announce_changes(
                 ticket=state,
             ),
         )
-    await record_events(session, outbox, events)  # one statement for all of a change's events
+    return history, events
 
 
 async def _lock_visible(session: AsyncSession, identity: Identity, ticket_id: UUID) -> dict[str, Any]:
@@ -541,7 +573,7 @@ async def bulk_update(session: AsyncSession, identity: Identity, data: BulkUpdat
         raise ProblemError(404, "Not Found", f"tickets not found: {', '.join(missing)}", missing_ids=missing)
     workflow = await load_workflow(session, identity.tenant)
     now = datetime.now(UTC)
-    results = []
+    planned: dict[str, dict[str, Any]] = {}
     for ticket_id in ids:
         ticket = rows[str(ticket_id)]
         requested: dict[str, Any] = {}
@@ -558,8 +590,10 @@ async def bulk_update(session: AsyncSession, identity: Identity, data: BulkUpdat
                 count = len(requested["tags"])
                 detail = f"ticket #{ticket['number']} would get {count} tags (at most {MAX_TAGS})"
                 raise invalid_field(detail, "tags")
-        results.append(await _apply_changes(session, identity, ticket, requested, workflow, now))
-    return results
+        planned[ticket["id"]] = await _planned_changes(session, identity, ticket, requested, workflow, now)
+    changed = [(rows[ticket_id], changes) for ticket_id, changes in planned.items() if changes]
+    updated = {ticket["id"]: ticket for ticket in await _write_changes(session, identity, changed, now)}
+    return [updated.get(ticket_id) or repository.client_view(rows[ticket_id]) for ticket_id in planned]
 
 
 async def retarget_open_tickets(
@@ -646,17 +680,12 @@ async def _retarget_batch(
     """(tickets changed, tickets looked at, id of the last one) of one locked batch."""
     tenant, now = identity.tenant, datetime.now(UTC)
     batch = await repository.lock_open_tickets(session, tenant, priorities, after_id=after_id, limit=limit)
-    changed = 0
+    planned = []
     for ticket in batch:
-        changes = await sla.current_deadline_changes(session, tenant, ticket, now)
-        if not changes:
-            continue
-        updated = await repository.update_ticket(
-            session, tenant, ticket["id"], {**changes, "updated_at": now}
-        )
-        await _announce_changes(session, identity, ticket, updated, changes, now)
-        changed += 1
-    return changed, len(batch), UUID(str(batch[-1]["id"])) if batch else None
+        if changes := await sla.current_deadline_changes(session, tenant, ticket, now):
+            planned.append((ticket, changes))
+    await _write_changes(session, identity, planned, now)
+    return len(planned), len(batch), UUID(str(batch[-1]["id"])) if batch else None
 
 
 # -- comments ----------------------------------------------------------------------------------

@@ -19,11 +19,13 @@ from tests.conftest import app_client, settings_for, unique_tenant, wait_until
 from tests.tickets.helpers import (
     admin_fetch,
     assert_problem,
+    count_statements,
     create_ticket,
     minutes_after_creation,
     outbox_types,
     patch_ticket,
     read_ticket,
+    statements_run,
     updates_refused,
 )
 from tests.tickets.test_sla_api import POLICIES, URGENT, admin, agent
@@ -134,6 +136,32 @@ async def test_many_open_tickets_move_in_the_background_batch_by_batch(infra, sc
         assert (await read_ticket(client, staff, done))["due_at"] == done["due_at"]
         await _assert_moved_once_by_the_admin(infra, concerned)
         assert await run_retargets(app.state.session_factory, batch_size=2) == 0  # nothing left
+
+
+async def test_moving_12_open_tickets_runs_the_statements_of_moving_3(infra):
+    """A policy change moves its open tickets with one update, one history and one outbox
+    statement for all of them, however many there are."""
+    app = create_app(settings_for(infra, Settings, "tickets"))
+    counts = []
+    async with app_client(app) as client:
+        count_statements(app.state.engine)
+        for size in (3, 12):
+            tenant = unique_tenant()
+            staff, boss = agent(infra, tenant), admin(infra, tenant)
+            await client.put(f"{POLICIES}/urgent", json=URGENT, headers=boss)
+            concerned = [await create_ticket(client, staff, priority="urgent") for _ in range(size)]
+            slower = {**URGENT, "resolution_minutes": 480}
+            with statements_run() as statements:
+                saved = await client.put(
+                    f"{POLICIES}/urgent", params={"apply_to_open_tickets": "true"}, json=slower, headers=boss
+                )
+            assert saved.status_code == 200, saved.text
+            assert saved.json()["open_tickets_updated"] == size
+            for ticket in concerned:
+                assert minutes_after_creation(await read_ticket(client, staff, ticket), "due_at") == 480
+            await _assert_moved_once_by_the_admin(infra, concerned)
+            counts.append(len(statements))
+    assert counts[0] == counts[1], counts
 
 
 async def test_a_failed_retarget_batch_leaves_nothing_half_done(infra, scheduler_not_woken):
