@@ -380,12 +380,7 @@ async def _planned_changes(
     if "status" in changes:
         if ticket["merged_into_id"] is not None:
             raise _merged(ticket)
-        new_status = workflow.get(changes["status"])
-        # A tenant status is held (KEY SHARE) until commit, so it cannot be removed meanwhile.
-        if new_status is None or (
-            not new_status.builtin and not await repository.lock_status(session, tenant, new_status.key)
-        ):
-            raise invalid_field(f"unknown status {changes['status']!r}", "status")
+        new_status = await _held_status(session, tenant, workflow, changes["status"])
         current_category = StatusCategory(ticket["status_category"])
         if not workflow.can_move(ticket["status"], new_status.key, current_category):
             allowed = workflow.allowed_next(ticket["status"], current_category)
@@ -415,6 +410,25 @@ async def _planned_changes(
         for field, value in changes.items()
         if _json_value(value) != _json_value(ticket.get(field))
     }
+
+
+async def _held_status(session: AsyncSession, tenant: str, workflow: Workflow, key: str) -> Status:
+    """The status tickets move into, held until commit (a tenant's own is locked KEY SHARE, so it
+    cannot be removed meanwhile); 422 if the tenant has no such status."""
+    status = workflow.get(key)
+    held = session.info.setdefault(_HELD_STATUSES, set())
+    if status is None:
+        raise invalid_field(f"unknown status {key!r}", "status")
+    if not status.builtin and key not in held:
+        if not await repository.lock_status(session, tenant, key):
+            raise invalid_field(f"unknown status {key!r}", "status")
+        held.add(key)
+    return status
+
+
+# Key in `session.info` (one session per transaction): the tenant statuses its transaction holds,
+# so a bulk move into one locks it once. No savepoint is rolled back around a status move.
+_HELD_STATUSES = "held_statuses"
 
 
 async def _write_changes(

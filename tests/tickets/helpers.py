@@ -176,8 +176,14 @@ def _record(statement: str) -> None:
         statements.append(statement.split(None, 1)[0].upper() + " " + statement[:80])
 
 
+# What asyncpg runs on its own the first time a connection meets a type (its introspection, with
+# JIT switched off around it): once per connection, not per request.
+_DRIVER_INTROSPECTION = ("typeinfo_tree", "current_setting('jit')", "set_config('jit'")
+
+
 def _log_query(record: Any) -> None:  # asyncpg query logger: raw driver statements (fetch_all, BEGIN)
-    _record(record.query)
+    if not any(marker in record.query for marker in _DRIVER_INTROSPECTION):
+        _record(record.query)
 
 
 def count_statements(engine) -> None:
